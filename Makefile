@@ -1,0 +1,48 @@
+# The README's commands. `make demo` sets everything up and runs the main job;
+# `make test` runs the test suite. Both are idempotent.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+export GX_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_HOME ?= $(CURDIR)/.fourm/prefect
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
+
+.PHONY: setup demo pipeline test test-fast lint bench services-up services-down clean
+
+setup: $(VENV)/.installed
+
+# torch==2.13.0 first: it is a local CPU wheel; a looser spec downloads a CUDA build.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+services-up: setup
+	fourm services up
+
+services-down:
+	-fourm services down
+
+# Main job: local S3 server, the DVC pipeline run as a Prefect flow, results pushed.
+demo: services-up
+	python -m flows.pipeline
+
+test: setup
+	python -m pytest -q
+
+test-fast: setup
+	python -m pytest -q -m "unit"
+
+lint: setup
+	ruff check fourm flows tests
+
+bench: setup
+	fourm bench data
+
+clean: services-down
+	rm -rf .fourm data reports

@@ -1,0 +1,58 @@
+"""Publish stage reports as Prefect artifacts (tables and markdown). Presentation only."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+
+def artifact_key(*parts: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+
+
+def publish_validation(report: dict[str, Any], stage: str) -> None:
+    """A table of rules (checked, failed, examples) plus a markdown verdict."""
+    rows = [
+        {
+            "rule": r["rule"],
+            "description": r["description"],
+            "checked": r["checked"],
+            "failed": r["failed"],
+            "examples": ", ".join(f"{e['id']}={e['value']}" for e in r["examples"][:3]),
+        }
+        for r in report["rules"]
+    ]
+    verdict = "passed" if report["passed"] else "FAILED"
+    create_table_artifact(
+        key=artifact_key(stage, "rules"),
+        table=rows,
+        description=(
+            f"{report['suite']} validation {verdict}: {report['num_bad']}/{report['num_samples']} "
+            f"samples quarantined (limit {report['max_bad_fraction']:.2%})"
+        ),
+    )
+    lines = [
+        f"# {stage}: {verdict}",
+        "",
+        f"- dataset: `{report['dataset']}`",
+        f"- samples: {report['num_samples']}, quarantined: {report['num_bad']} "
+        f"({report['bad_fraction']:.2%}, limit {report['max_bad_fraction']:.2%})",
+        f"- data docs: `{report.get('docs')}`",
+    ]
+    if report["quarantined"]:
+        lines += ["", "| sample | shard | rules |", "|---|---|---|"]
+        lines += [f"| {q['id']} | {q['shard']} | {', '.join(q['rules'])} |" for q in report["quarantined"][:20]]
+    create_markdown_artifact(key=artifact_key(stage, "summary"), markdown="\n".join(lines))
+
+
+def publish_stage_report(report: dict[str, Any], stage: str) -> None:
+    """Any other stage report as a two-column table."""
+    rows = [
+        {"field": k, "value": v if isinstance(v, str | int | float) else json.dumps(v)}
+        for k, v in report.items()
+    ]
+    create_table_artifact(key=artifact_key(stage, "report"), table=rows, description=f"{stage} report")

