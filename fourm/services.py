@@ -225,10 +225,13 @@ def down(settings: Settings) -> bool:
     return proc is not None
 
 
-def configure_dvc_remote(settings: Settings, repo_root: Path, remote: str = "s3") -> bool:
+def configure_dvc_remote(
+    settings: Settings, repo_root: Path, remote: str = "s3", url: str | None = None
+) -> bool:
     """Write the S3 endpoint and credentials for DVC's remote to ``.dvc/config.local``.
 
     ``config.local`` is git-ignored by DVC, so credentials are never committed.
+    ``url`` overrides the remote's committed URL (tests use a prefix of their own).
     Returns False when ``repo_root`` is not a DVC repository.
     """
     dvc_dir = repo_root / ".dvc"
@@ -236,7 +239,8 @@ def configure_dvc_remote(settings: Settings, repo_root: Path, remote: str = "s3"
         return False
     text = (
         f"['remote \"{remote}\"']\n"
-        f"    endpointurl = {settings.s3_endpoint}\n"
+        + (f"    url = {url}\n" if url else "")
+        + f"    endpointurl = {settings.s3_endpoint}\n"
         f"    access_key_id = {settings.s3_access_key}\n"
         f"    secret_access_key = {settings.s3_secret_key.get_secret_value()}\n"
     )

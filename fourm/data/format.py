@@ -220,6 +220,9 @@ def iter_shard_bytes(data: bytes, shard_name: str) -> Iterator[ShardRecord]:
                 if len(payload) != info.size:
                     raise DatasetError(f"{shard_name}: member {info.name} is truncated")
                 members[modality] = payload
+            # tarfile stops quietly at a truncated header; a whole tar ends in zero blocks.
+            if data[tar.offset : tar.offset + 1024].strip(b"\0") or len(data) < tar.offset + 1024:
+                raise DatasetError(f"{shard_name}: truncated after sample {current!r}")
     except tarfile.TarError as err:
         raise DatasetError(f"{shard_name}: unreadable tar after sample {current!r}: {err}") from err
     if current is not None:

@@ -70,7 +70,8 @@ def run_generate(params: GenerateParams, out_dir: Path) -> GenerateReport:
                 "name": f"synthetic-seed{params.seed}",
                 "source": "fourm.data.synthetic",
                 "resolution": params.resolution,
-                "params": params.model_dump(mode="json"),
+                # workers changes speed, never bytes: keep it out of the card
+                "params": params.model_dump(mode="json", exclude={"workers"}),
             }
         )
         size = sum(s["size"] for s in card["shards"])

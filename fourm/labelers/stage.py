@@ -117,7 +117,8 @@ def run_label(params: LabelParams, raw_dir: Path, accepted_manifest: Path, out_d
                     "accepted_manifest_sha256": sha256_file(accepted_manifest),
                 },
                 "labelers": provenance,
-                "params": params.model_dump(mode="json"),
+                # batch_size changes speed, never bytes: keep it out of the card
+                "params": params.model_dump(mode="json", exclude={"batch_size"}),
             }
         )
     seconds = time.perf_counter() - start

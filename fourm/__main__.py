@@ -1,0 +1,3 @@
+from fourm.cli import main
+
+main()

@@ -1,0 +1,57 @@
+"""params.yaml loading: the repo's file is valid; bad keys and values name the dotted path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fourm.params import Params, ParamsError, dump_params, load_params, parse_params
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.unit
+
+
+def test_repo_params_yaml_is_valid_and_complete() -> None:
+    params = load_params(REPO / "params.yaml")
+    # every section is written out explicitly: params.yaml is the one source
+    assert set(dump_params(params)) == {"generate", "label", "validate"}
+    assert dump_params(params) == dump_params(parse_params(dump_params(params)))
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        ({"generate": {"num_scenes": -5}}, "generate.num_scenes: Input should be greater than or equal to 1"),
+        ({"generate": {"resolution": 1000}}, "generate.resolution"),
+        ({"generate": {"nmu_scenes": 5}}, "generate.nmu_scenes: unknown key"),
+        ({"generate": {"splits": {"train": 0.5, "val": 0.1, "test": 0.1}}}, "generate.splits: Value error, split fractions must sum to 1"),
+        ({"generate": {"min_objects": 5, "max_objects": 2}}, "min_objects (5) must not exceed max_objects (2)"),
+        ({"label": {"labelers": {"colour": "oracle"}}}, "label.labelers.colour"),
+        ({"validate": {"max_bad_fraction": 2}}, "validate.max_bad_fraction"),
+        ({"tokenizers": {}}, "tokenizers: unknown key"),
+    ],
+)
+def test_bad_values_name_file_and_dotted_key(data: dict, fragment: str) -> None:
+    with pytest.raises(ParamsError) as err:
+        parse_params(data, "params.yaml")
+    assert fragment in str(err.value)
+    assert str(err.value).startswith("params.yaml: ")
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match="file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("generate: [1, 2\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ParamsError, match="top level must be a mapping"):
+        load_params(bad)
+
+
+def test_defaults_are_frozen() -> None:
+    p = Params()
+    with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError on frozen models
+        p.generate.seed = 3  # type: ignore[misc]

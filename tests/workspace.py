@@ -1,0 +1,66 @@
+"""A throw-away copy of the project as a git + DVC repository, for pipeline tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import yaml
+
+from fourm import services
+from fourm.settings import Settings
+from tests.conftest import REPO, settings_env
+
+TINY_PARAMS = {
+    "generate": {"num_scenes": 24, "samples_per_shard": 8, "workers": 1},
+    "validate": {"max_bad_fraction": 0.01},
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def make_workspace(root: Path, settings: Settings, params: dict | None = None) -> tuple[Path, dict[str, str]]:
+    """Copy dvc.yaml, params.yaml (overridden by ``params``), the package and DVC config.
+
+    Returns the workspace and the environment its commands need (S3 settings,
+    PATH with this interpreter's bin first). The DVC remote gets a unique prefix.
+    """
+    ws = root / "ws"
+    ws.mkdir()
+    shutil.copy(REPO / "dvc.yaml", ws)
+    shutil.copy(REPO / ".dvcignore", ws)
+    shutil.copytree(REPO / "fourm", ws / "fourm", ignore=shutil.ignore_patterns("__pycache__"))
+    (ws / ".dvc").mkdir()
+    shutil.copy(REPO / ".dvc" / "config", ws / ".dvc")
+    shutil.copy(REPO / ".dvc" / ".gitignore", ws / ".dvc")
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    (ws / "params.yaml").write_text(yaml.safe_dump(_merge(base, params or TINY_PARAMS)))
+    services.configure_dvc_remote(settings, ws, url=f"s3://{settings.buckets.dvc}/test-{uuid.uuid4().hex[:8]}")
+    env = {
+        **os.environ,
+        **settings_env(settings),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "COLUMNS": "200",
+    }
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], cwd=ws, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=ws, check=True)
+    subprocess.run([*git, "commit", "-qm", "workspace"], cwd=ws, check=True)
+    return ws, env
+
+
+def run(cmd: list[str], ws: Path, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
