@@ -22,7 +22,7 @@ import yaml
 from prefect import flow, get_run_logger, task
 
 from flows.artifacts import publish_stage_report, publish_validation
-from fourm.summary import pipeline_summary
+from fourm.summary import pipeline_summary, validation_line
 from fourm.validation.stage import failure_report_path
 
 
@@ -76,7 +76,9 @@ def run_stage(stage: str, workspace: str, report: str | None) -> dict[str, Any] 
     if code != 0:
         failed = failure_report_path(ws / report) if report else None
         if failed is not None and failed.exists():
-            _publish(json.loads(failed.read_text()), stage)
+            failure = json.loads(failed.read_text())
+            _publish(failure, stage)
+            raise StageFailed(f"stage {stage} failed: {validation_line(failure)}")
         raise StageFailed(f"stage {stage} failed (exit {code}); see the log above")
     if report and (ws / report).exists():
         data = json.loads((ws / report).read_text())

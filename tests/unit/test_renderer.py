@@ -155,18 +155,20 @@ def test_floor_normals_equal_plane_normal_in_camera_space(index: int) -> None:
 
 # Tolerances for depth-derived normals on object interiors (degrees), per scene at
 # RES_GEOMETRY=256, neighbourhood normals within NORMAL_INTERIOR_TURN degrees.
-# Measured over 30 scenes of seed 7 (and of seeds 1, 2): per-scene median <= 0.04,
-# p95 <= 0.17, max <= 0.47 (flat faces agree to float32 precision, ~0.015 deg;
-# the residual is the discretisation of curved sphere/cylinder surfaces). Bounds
-# keep >= 3x margin yet fail for convention errors, which were measured by
-# perturbing the inputs: depth as ray length instead of z-depth gives a
-# median >= 2.5 deg, a 5% wrong focal length (fov) median >= 0.8 deg, and flipped
-# or swapped axes errors of tens of degrees.
+# Measured per scene over the 30 scenes of seed 7: median <= 0.043, p95 <= 0.155,
+# max <= 0.456; over 300 scenes of seeds 0-6, 8-10: median <= 0.042, p95 <= 0.198,
+# max <= 0.562. Flat faces agree to float32 precision (< 0.001 deg); the residual
+# is the finite-difference error on curved sphere/cylinder surfaces. The bounds
+# keep >= 2.5x margin yet fail for convention errors, measured by perturbing the
+# inputs: depth as ray length instead of z-depth gives per-scene medians of
+# 2.5-13 deg, a 5% wrong focal length (fov) medians >= 0.8 deg, a flipped or
+# swapped normal axis errors of tens of degrees; sampling pixel corners instead
+# of centres (a half-pixel shift) moves floor errors above FLOOR_NORMAL_MAX.
 NORMAL_INTERIOR_TURN = 5.0
 NORMAL_MEDIAN_MAX = 0.25
 NORMAL_P95_MAX = 0.6
 NORMAL_MAX_MAX = 1.5
-FLOOR_NORMAL_MAX = 0.05  # measured max 0.016 deg (float32 depth precision)
+FLOOR_NORMAL_MAX = 0.01  # floor interior; measured max 0.0009 deg over the same 330 scenes
 
 
 @functools.lru_cache(maxsize=None)
@@ -189,18 +191,20 @@ def test_normals_from_depth_agree_with_rendered_normals(index: int) -> None:
     5 degrees of the centre's (flat faces and the slowly turning parts of spheres
     and cylinders). Objects only (the floor is checked on its own, below and in the
     floor-normal test). Tolerances per scene: median < 0.25 deg, 95th percentile
-    < 0.6 deg, max < 1.5 deg (measured: median <= 0.04, p95 <= 0.17, max <= 0.47).
-    Floor interior: max < 0.05 deg (measured 0.016).
+    < 0.6 deg, max < 1.5 deg (measured over 330 scenes: median <= 0.043, p95 <= 0.198,
+    max <= 0.562). Floor interior: max < 0.01 deg (measured <= 0.0009).
     """
     errors = _depth_normal_errors(index)
     obj = np.concatenate([errors[c] for c in range(1, len(CLASSES))])
-    n_objects = len(sample(index, RES_GEOMETRY).scene.objects)
-    assert obj.size >= 20 * n_objects, f"too few interior object pixels ({obj.size}) to judge"
-    median, p95, worst = np.median(obj), np.percentile(obj, 95), obj.max()
-    msg = f"median {median:.3f}, p95 {p95:.3f}, max {worst:.3f} degrees over {obj.size} pixels"
-    assert median < NORMAL_MEDIAN_MAX, msg
-    assert p95 < NORMAL_P95_MAX, msg
-    assert worst < NORMAL_MAX_MAX, msg
+    # A scene of small spheres only can have no interior pixels at all (a sphere's
+    # normal turns > 5 deg per pixel when it is < ~12 px wide): the coverage test
+    # below makes sure the comparison is exercised over the whole set of scenes.
+    if obj.size:
+        median, p95, worst = np.median(obj), np.percentile(obj, 95), obj.max()
+        msg = f"median {median:.3f}, p95 {p95:.3f}, max {worst:.3f} degrees over {obj.size} pixels"
+        assert median < NORMAL_MEDIAN_MAX, msg
+        assert p95 < NORMAL_P95_MAX, msg
+        assert worst < NORMAL_MAX_MAX, msg
     assert errors[0].size > 0 and errors[0].max() < FLOOR_NORMAL_MAX, f"floor max {errors[0].max():.3f} deg"
 
 
@@ -236,9 +240,10 @@ def test_depth_backprojects_onto_the_scene_geometry(index: int) -> None:
 
     Floor pixels land on y = 0, sphere pixels at the sphere's radius (with the
     rendered normal equal to the analytic radial normal), cube pixels on the
-    cube's boundary, cylinder pixels on its side or top cap. Tolerance 1e-3 world
-    units (measured ~1e-5, float32 depth); a half-pixel offset in the pixel-centre
-    convention or a wrong depth definition moves points by ~1e-2 or more.
+    cube's boundary, cylinder pixels on its side or top cap. Tolerance 1e-4 world
+    units (measured <= 5e-7 over 90 scenes: float32 depth); a half-pixel offset in
+    the pixel-centre convention or a wrong depth definition moves points by ~1e-2 or
+    more. Sphere normals within 0.01 deg of radial (measured <= 6.3e-5 deg).
     """
     s = sample(index)
     r = s.rendered
@@ -250,7 +255,7 @@ def test_depth_backprojects_onto_the_scene_geometry(index: int) -> None:
         + cam[..., 1:2] * up
         - cam[..., 2:3] * forward
     )
-    tol = 1e-3
+    tol = 1e-4
     floor = r.instance == 0
     assert np.abs(world[floor][:, 1]).max() < tol
     for k, obj in enumerate(s.scene.objects, start=1):
@@ -260,7 +265,7 @@ def test_depth_backprojects_onto_the_scene_geometry(index: int) -> None:
         if obj.shape == "sphere":
             assert np.abs(np.linalg.norm(local, axis=-1) - e).max() < tol
             radial = camera_space(local / e, s.scene.camera)
-            assert angle_degrees(radial, r.normal[r.instance == k].astype(np.float64)).max() < 0.5
+            assert angle_degrees(radial, r.normal[r.instance == k].astype(np.float64)).max() < 0.01
         elif obj.shape == "cube":
             c, sn = np.cos(-obj.rotation), np.sin(-obj.rotation)
             lx = c * local[:, 0] + sn * local[:, 2]
@@ -322,9 +327,15 @@ _NAME = re.compile(
     r"\ba (%s) (%s) (%s)\b" % ("|".join(SIZES), "|".join(COLORS), "|".join(SHAPES)), re.IGNORECASE
 )
 _COUNT = re.compile(r"\b(?:with|There (?:is|are)) (\w+) (objects?)\b")
+_PHRASE = r"((?:(?:%s) )?(?:%s) (?:%s))" % ("|".join(SIZES), "|".join(COLORS), "|".join(SHAPES))
 _RELATION = re.compile(
-    r"The (\w+) (\w+) is (?:to the left of|to the right of|in front of|behind) the (\w+) (\w+)\."
+    r"The %s is (?:to the left of|to the right of|in front of|behind) the %s\." % (_PHRASE, _PHRASE)
 )
+
+
+def _names_an_object(phrase: str, objects) -> bool:
+    """``phrase`` is "<color> <shape>" or "<size> <color> <shape>" of one of ``objects``."""
+    return any(phrase in (o.name, f"{o.color} {o.shape}") for o in objects)
 
 
 @pytest.mark.parametrize("index", INDICES)
@@ -341,9 +352,8 @@ def test_caption_names_every_object(index: int) -> None:
     for word, noun in _COUNT.findall(s.caption):
         assert word == NUMBER_WORDS[len(objects)], s.caption
         assert noun == ("object" if len(objects) == 1 else "objects"), s.caption
-    pairs = {(o.color, o.shape) for o in objects}
-    for ca, sa, cb, sb in _RELATION.findall(s.caption):
-        assert (ca, sa) in pairs and (cb, sb) in pairs, s.caption
+    for subject, other in _RELATION.findall(s.caption):
+        assert _names_an_object(subject, objects) and _names_an_object(other, objects), s.caption
     n_relations = len(_RELATION.findall(s.caption))
     assert n_relations == min(2, len(objects) * (len(objects) - 1) // 2), s.caption
 
@@ -355,6 +365,44 @@ def test_caption_checks_are_exercised() -> None:
     assert sum(bool(_COUNT.search(c)) for c in captions) >= 5
     assert sum(bool(_RELATION.search(c)) for c in captions) >= 5
     assert {len(sample(i).scene.objects) for i in INDICES} >= {1, 2, 6}
+
+
+# Known caption defects (found by these tests; see the reports). Strict xfail: once
+# ``fourm.data.scene.caption`` is fixed these XPASS and fail, so remove the marker.
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="caption relations drop the size: two objects that share color and shape give "
+    "'The white cube is to the left of the white cube.'",
+)
+@pytest.mark.parametrize(("seed", "index"), [(2, 22), (4, 1), (4, 20)])
+def test_caption_relations_are_unambiguous(seed: int, index: int) -> None:
+    """A relation sentence names two distinguishable objects, never the same phrase twice."""
+    s = sample(index, RES, seed)
+    relations = _RELATION.findall(s.caption)
+    assert relations, s.caption
+    for subject, other in relations:
+        assert subject != other, s.caption
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="caption sorts objects by lateral offset along the camera's right axis, not by "
+    "projected image x (offset / depth), so the listing is not left to right under perspective",
+)
+@pytest.mark.parametrize(("seed", "index"), [(0, 2), (0, 12)])
+def test_caption_lists_objects_left_to_right_in_the_image(seed: int, index: int) -> None:
+    """The listing follows the image's left-to-right order of the objects' projected centres
+    (what caption()'s comment promises: "left to right as the camera sees them")."""
+    s = sample(index, RES, seed)
+    right, _, forward = camera_basis(s.scene.camera)
+    eye = np.asarray(s.scene.camera.position)
+    centres = [np.array([o.x, o.extent, o.z]) - eye for o in s.scene.objects]
+    image_x = [float(c @ right / (c @ forward)) for c in centres]
+    expected = [s.scene.objects[k].name for k in np.argsort(image_x)]
+    listed = [" ".join(m).lower() for m in _NAME.findall(s.caption)]
+    assert listed == expected, s.caption
 
 
 # --------------------------------------------------------------------------- 5. determinism

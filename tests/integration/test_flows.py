@@ -1,0 +1,112 @@
+"""Prefect flows against a real (temporary) Prefect server: stages, logs and artifacts."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fourm.settings import Settings
+from tests.workspace import make_workspace
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Prefect's test harness: a real Prefect API server on a temporary database."""
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90), temporary_settings(
+        updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+    ):
+        yield
+
+
+def _artifacts_and_logs(flow_run_id) -> tuple[dict[str, object], list[str]]:  # noqa: ANN001
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return {a.key: a for a in arts}, [entry.message for entry in logs]
+
+
+@pytest.fixture()
+def workspace_env(s3_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    ws, env = make_workspace(tmp_path, s3_settings)
+    for key in ("FOURM_HOME", "FOURM_S3_ENDPOINT", "FOURM_S3_INTERNAL_PORTS", "PATH"):
+        monkeypatch.setenv(key, env[key])
+    return ws
+
+
+def test_pipeline_flow_runs_stages_and_publishes_validation(prefect_server: None, workspace_env: Path) -> None:
+    from flows.pipeline import pipeline
+
+    state = pipeline(workspace=str(workspace_env), return_state=True)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert summary[0].startswith(f"dataset: {workspace_env / 'data' / 'raw'}")
+    assert "24/24 samples pass" in summary[1]
+
+    artifacts, logs = _artifacts_and_logs(state.state_details.flow_run_id)
+    rules = json.loads(artifacts["validate-rules"].data)
+    assert {r["rule"] for r in rules} >= {"id_unique", "rgb_decodable", "caption_length"}
+    assert all(r["failed"] == 0 and r["checked"] == 24 for r in rules)
+    assert json.loads(artifacts["validate-labels-rules"].data)[0]["checked"] == 24
+    assert "validate-labels-summary" in artifacts and "generate-report" in artifacts
+    # each stage's own output is streamed into the run log
+    assert any("Running stage 'generate'" in m for m in logs)
+    assert any("labeled validation of data/labels: 24/24" in m for m in logs)
+    assert any("pushed" in m for m in logs)
+
+
+def test_failed_validation_fails_the_run_and_publishes_its_report(
+    prefect_server: None, workspace_env: Path
+) -> None:
+    from flows.pipeline import pipeline
+
+    params = workspace_env / "params.yaml"
+    params.write_text(params.read_text().replace("caption_max_chars: 600", "caption_max_chars: 20"))
+    state = pipeline(workspace=str(workspace_env), push_to_remote=False, return_state=True)
+    assert state.is_failed()
+    artifacts, logs = _artifacts_and_logs(state.state_details.flow_run_id)
+    rules = {r["rule"]: r for r in json.loads(artifacts["validate-rules"].data)}
+    assert rules["caption_length"]["failed"] == 24
+    assert "FAILED" in artifacts["validate-summary"].data
+    assert any("validation failed" in m for m in logs)
+    assert any("rule caption_length" in m and "24 failed" in m for m in logs)
+    assert "rules with failures: caption_length" in str(state.message)
+    assert not (workspace_env / "data" / "raw_validated").exists()
+    assert "validate-labels-rules" not in artifacts
+
+
+def test_stage_flow_with_typed_params(prefect_server: None, tmp_path: Path) -> None:
+    from flows.stages import generate_flow, validate_flow
+    from fourm.params import GenerateParams, ValidateParams
+
+    state = generate_flow(
+        params={"num_scenes": 6, "samples_per_shard": 4, "workers": 1}, out_dir=str(tmp_path / "raw"),
+        return_state=True,
+    )
+    assert state.is_completed() and state.result()["num_samples"] == 6
+    report = validate_flow(
+        suite="raw", params=ValidateParams(), dataset=str(tmp_path / "raw"), out_dir=str(tmp_path / "ok")
+    )
+    assert report["passed"] and report["num_samples"] == 6
+    bad = generate_flow(params={"num_scenes": 0}, out_dir=str(tmp_path / "x"), return_state=True)
+    assert bad.is_failed() and "num_scenes" in str(bad.message)
+    assert GenerateParams  # typed model is the flow's parameter schema
