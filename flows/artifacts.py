@@ -45,7 +45,9 @@ def publish_validation(report: dict[str, Any], stage: str) -> None:
     ]
     if report["quarantined"]:
         lines += ["", "| sample | shard | rules |", "|---|---|---|"]
-        lines += [f"| {q['id']} | {q['shard']} | {', '.join(q['rules'])} |" for q in report["quarantined"][:20]]
+        lines += [
+            f"| {q['id']} | {q['shard']} | {', '.join(q['rules'])} |" for q in report["quarantined"][:20]
+        ]
     create_markdown_artifact(key=artifact_key(stage, "summary"), markdown="\n".join(lines))
 
 

@@ -32,9 +32,14 @@ def bench_generation(resolution: int = 64, scenes: int = 200, repeats: int = 5) 
         s = make_sample(1, i, resolution)
         r = s.rendered
         for modality, value in (
-            ("rgb", r.rgb), ("caption", s.caption), ("scene", s.scene.to_dict()),
-            ("depth", r.depth), ("normal", r.normal), ("semseg", r.semseg),
-            ("instance", r.instance), ("boxes", s.boxes),
+            ("rgb", r.rgb),
+            ("caption", s.caption),
+            ("scene", s.scene.to_dict()),
+            ("depth", r.depth),
+            ("normal", r.normal),
+            ("semseg", r.semseg),
+            ("instance", r.instance),
+            ("boxes", s.boxes),
         ):
             codecs.encode(modality, value)
 

@@ -93,7 +93,8 @@ def services_up() -> None:
     from fourm import services
 
     status = services.up(get_settings())
-    out.print(f"S3 server {'started' if status.started else 'already running'}: {status.endpoint} (pid {status.pid})")
+    verb = "started" if status.started else "already running"
+    out.print(f"S3 server {verb}: {status.endpoint} (pid {status.pid})")
     if services.configure_dvc_remote(get_settings(), Path.cwd()):
         out.print("DVC remote credentials written to .dvc/config.local")
 
@@ -242,7 +243,9 @@ def bench_data(
     from fourm.bench import bench_generation
 
     result = bench_generation(resolution, scenes, repeats)
-    table = Table("measure", "median", "min", "max", title=f"synthetic scenes at {resolution}x{resolution}, 1 process")
+    table = Table(
+        "measure", "median", "min", "max", title=f"synthetic scenes at {resolution}x{resolution}, 1 process"
+    )
     for key in ("render", "render_encode"):
         r = result[key]
         table.add_row(f"{key} scenes/s", f"{r['median']:.1f}", f"{r['min']:.1f}", f"{r['max']:.1f}")

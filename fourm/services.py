@@ -148,11 +148,11 @@ def _wait_healthy(settings: Settings, proc: psutil.Process | subprocess.Popen, l
         alive = proc.poll() is None if isinstance(proc, subprocess.Popen) else proc.is_running()
         if not alive:
             tail = log.read_text(errors="replace").splitlines()[-5:] if log.exists() else []
-            raise ServiceError(
-                f"S3 server exited during start-up (log {log}):\n  " + "\n  ".join(tail)
-            )
+            raise ServiceError(f"S3 server exited during start-up (log {log}):\n  " + "\n  ".join(tail))
         time.sleep(0.2)
-    raise ServiceError(f"S3 server at {settings.s3_endpoint} not healthy after {_HEALTH_TIMEOUT_S:.0f}s (log {log})")
+    raise ServiceError(
+        f"S3 server at {settings.s3_endpoint} not healthy after {_HEALTH_TIMEOUT_S:.0f}s (log {log})"
+    )
 
 
 def up(settings: Settings, create_buckets: bool = True) -> ServiceStatus:

@@ -71,7 +71,7 @@ def rename_sample(root: Path, old_id: str, new_id: str) -> None:
 
     def edit(info, payload):  # noqa: ANN001
         if info.name.startswith(old_id + "."):
-            info.name = new_id + info.name[len(old_id):]
+            info.name = new_id + info.name[len(old_id) :]
         return info, payload
 
     _rewrite_shard(root, row["shard"], edit)

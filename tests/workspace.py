@@ -44,7 +44,9 @@ def make_workspace(root: Path, settings: Settings, params: dict | None = None) -
     shutil.copy(REPO / ".dvc" / ".gitignore", ws / ".dvc")
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     (ws / "params.yaml").write_text(yaml.safe_dump(_merge(base, params or TINY_PARAMS)))
-    services.configure_dvc_remote(settings, ws, url=f"s3://{settings.buckets.dvc}/test-{uuid.uuid4().hex[:8]}")
+    services.configure_dvc_remote(
+        settings, ws, url=f"s3://{settings.buckets.dvc}/test-{uuid.uuid4().hex[:8]}"
+    )
     env = {
         **os.environ,
         **settings_env(settings),

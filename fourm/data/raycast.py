@@ -8,7 +8,8 @@ and cast shadows from one shadow ray per lit pixel.
 Conventions of the outputs:
 - depth: metric z-depth along the camera's viewing axis (not ray length);
 - normals: unit vectors in camera space, OpenGL axes (x right, y up, z towards
-  the viewer), so a visible surface has n_z > 0;
+  the viewer); they face the camera (dot(n, -view ray) > 0), though under
+  perspective n_z may be slightly negative near silhouettes;
 - semseg: class id per pixel (``scene.CLASSES``), instance: 0 floor, k = object k-1.
 """
 

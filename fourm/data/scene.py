@@ -145,10 +145,11 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
     objs = list(scene.objects)
     right, _, forward = camera_basis(scene.camera)
     cam = np.asarray(scene.camera.position)
-    # Order objects left to right as the camera sees them, so phrasing is natural.
-    lateral = [float(np.dot([o.x - cam[0], 0 - cam[1], o.z - cam[2]], right)) for o in objs]
-    depth = [float(np.dot([o.x - cam[0], 0 - cam[1], o.z - cam[2]], forward)) for o in objs]
-    order = sorted(range(len(objs)), key=lambda i: lateral[i])
+    centres = [np.array([o.x, o.extent, o.z]) - cam for o in objs]
+    lateral = [float(np.dot(c, right)) for c in centres]
+    depth = [float(np.dot(c, forward)) for c in centres]
+    # Order objects left to right as they appear in the image (perspective: lateral / depth).
+    order = sorted(range(len(objs)), key=lambda i: lateral[i] / depth[i])
     names = [f"a {objs[i].name}" for i in order]
     listing = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     count = _NUMBER_WORDS[len(objs)]
@@ -168,7 +169,7 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
 
 
 def _relation(a: SceneObject, b: SceneObject, d_lateral: float, d_depth: float) -> str:
-    an, bn = f"{a.color} {a.shape}", f"{b.color} {b.shape}"
+    an, bn = a.name, b.name  # with the size: two objects may share colour and shape
     if abs(d_lateral) >= abs(d_depth):
         where = "to the left of" if d_lateral < 0 else "to the right of"
     else:

@@ -27,7 +27,9 @@ class OracleLabeler:
 
     def _label(self, sample: RawSample) -> dict[str, Any]:
         if sample.scene is None:
-            raise LabelerError(f"oracle: sample {sample.id}: no scene graph; oracle labels only synthetic samples")
+            raise LabelerError(
+                f"oracle: sample {sample.id}: no scene graph; oracle labels only synthetic samples"
+            )
         scene = Scene.from_dict(sample.scene)
         rendered = render_scene(scene, sample.rgb.shape[0])
         if not np.array_equal(rendered.rgb, sample.rgb):

@@ -72,9 +72,7 @@ def run_label(params: LabelParams, raw_dir: Path, accepted_manifest: Path, out_d
     accepted = {r["id"]: r for r in read_manifest_rows(accepted_manifest)}
     labelers = _labelers_for(params)
     modalities = [m for m in LABEL_MODALITIES if m in params.labelers]
-    provenance = {
-        m: labelers[name][0].provenance() for m, name in sorted(params.labelers.items())
-    }
+    provenance = {m: labelers[name][0].provenance() for m, name in sorted(params.labelers.items())}
     records = (rec for rec in raw.iter_records() if rec.id in accepted)
     with atomic_output_dir(out_dir) as scratch:
         writer = DatasetWriter(scratch, "labels", modalities, samples_per_shard=1 << 62)

@@ -128,13 +128,19 @@ class ObjectStore:
 
     # -- objects -----------------------------------------------------------------
 
-    def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+    def put_bytes(
+        self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> str:
         digest = sha256_bytes(data)
         self._call(
             f"put s3://{bucket}/{key}",
             lambda: self.client.put_object(
-                bucket, key, io.BytesIO(data), len(data),
-                content_type=content_type, metadata={SHA_META: digest},
+                bucket,
+                key,
+                io.BytesIO(data),
+                len(data),
+                content_type=content_type,
+                metadata={SHA_META: digest},
             ),
         )
         return digest

@@ -70,7 +70,10 @@ def _context(docs_dir: Path | None) -> Any:
         sites[_SITE] = {
             "class_name": "SiteBuilder",
             "show_how_to_buttons": False,
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(Path(docs_dir).resolve())},
+            "store_backend": {
+                "class_name": "TupleFilesystemStoreBackend",
+                "base_directory": str(Path(docs_dir).resolve()),
+            },
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
         }
     config = DataContextConfig(
@@ -135,7 +138,8 @@ def run_suite(
             RuleResult(
                 rule=rule.name,
                 description=rule.description,
-                checked=int(detail.get("element_count", len(frame))) - int(detail.get("missing_count", 0) or 0),
+                checked=int(detail.get("element_count", len(frame)))
+                - int(detail.get("missing_count", 0) or 0),
                 failed=len(failing),
                 failing_ids=failing,
                 examples=examples,

@@ -29,8 +29,20 @@ def _common(kind: str) -> list[Rule]:
     return [
         Rule("id_unique", f"every {kind} sample id appears once", "id", "unique"),
         Rule("split_valid", f"split is one of {', '.join(SPLITS)}", "split", "in_set", SPLITS),
-        Rule("sample_readable", "the sample is present and readable in its shard", "readable", "in_set", (True,)),
-        Rule("shard_sha256_matches", "the shard's sha256 matches dataset.json", "shard_sha_ok", "in_set", (True,)),
+        Rule(
+            "sample_readable",
+            "the sample is present and readable in its shard",
+            "readable",
+            "in_set",
+            (True,),
+        ),
+        Rule(
+            "shard_sha256_matches",
+            "the shard's sha256 matches dataset.json",
+            "shard_sha_ok",
+            "in_set",
+            (True,),
+        ),
     ]
 
 
@@ -39,7 +51,14 @@ def raw_rules(params: ValidateParams, resolution: int) -> list[Rule]:
     return _common("raw") + [
         Rule("rgb_decodable", "the RGB image decodes", "rgb_decodable", "in_set", (True,)),
         Rule("rgb_size", f"the RGB image is {size}", "rgb_size", "in_set", (size,)),
-        Rule("rgb_channels", "the RGB image has 3 channels", "rgb_channels", "between", min_value=3, max_value=3),
+        Rule(
+            "rgb_channels",
+            "the RGB image has 3 channels",
+            "rgb_channels",
+            "between",
+            min_value=3,
+            max_value=3,
+        ),
         Rule(
             "caption_length",
             f"the caption has {params.caption_min_chars}..{params.caption_max_chars} characters",
@@ -56,10 +75,25 @@ def label_rules(params: ValidateParams, resolution: int) -> list[Rule]:
     n_classes = len(CLASSES)
     return _common("labeled") + [
         Rule("id_in_source", "the id is an accepted raw sample", "in_source", "in_set", (True,)),
-        Rule("labels_decodable", "depth, normal, semseg and boxes decode", "labels_decodable", "in_set", (True,)),
+        Rule(
+            "labels_decodable",
+            "depth, normal, semseg and boxes decode",
+            "labels_decodable",
+            "in_set",
+            (True,),
+        ),
         Rule("label_size", f"depth, normal and semseg are {size}", "label_size", "in_set", (size,)),
-        Rule("depth_finite", "depth has no NaN or infinite pixel", "depth_nonfinite", "between", min_value=0, max_value=0),
-        Rule("depth_positive", "depth is > 0 everywhere", "depth_min", "between", min_value=0, strict_min=True),
+        Rule(
+            "depth_finite",
+            "depth has no NaN or infinite pixel",
+            "depth_nonfinite",
+            "between",
+            min_value=0,
+            max_value=0,
+        ),
+        Rule(
+            "depth_positive", "depth is > 0 everywhere", "depth_min", "between", min_value=0, strict_min=True
+        ),
         Rule(
             "normal_unit_length",
             f"normals have unit length within {params.normal_tolerance:g}",
@@ -76,8 +110,22 @@ def label_rules(params: ValidateParams, resolution: int) -> list[Rule]:
             min_value=0,
             max_value=n_classes - 1,
         ),
-        Rule("boxes_inside_image", "every box lies inside the image", "boxes_outside", "between", min_value=0, max_value=0),
-        Rule("boxes_ordered", "every box has x0 < x1 and y0 < y1", "boxes_inverted", "between", min_value=0, max_value=0),
+        Rule(
+            "boxes_inside_image",
+            "every box lies inside the image",
+            "boxes_outside",
+            "between",
+            min_value=0,
+            max_value=0,
+        ),
+        Rule(
+            "boxes_ordered",
+            "every box has x0 < x1 and y0 < y1",
+            "boxes_inverted",
+            "between",
+            min_value=0,
+            max_value=0,
+        ),
         Rule(
             "boxes_known_class",
             f"every box class is one of {', '.join(CLASSES[1:])}",

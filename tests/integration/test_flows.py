@@ -22,8 +22,9 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=90), temporary_settings(
-        updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+    with (
+        prefect_test_harness(server_startup_timeout=90),
+        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
     ):
         yield
 
@@ -40,7 +41,9 @@ def _artifacts_and_logs(flow_run_id) -> tuple[dict[str, object], list[str]]:  # 
 
     APILogHandler().flush()
     with get_client(sync_client=True) as client:
-        arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
     return {a.key: a for a in arts}, [entry.message for entry in logs]
 
@@ -53,7 +56,9 @@ def workspace_env(s3_settings: Settings, tmp_path: Path, monkeypatch: pytest.Mon
     return ws
 
 
-def test_pipeline_flow_runs_stages_and_publishes_validation(prefect_server: None, workspace_env: Path) -> None:
+def test_pipeline_flow_runs_stages_and_publishes_validation(
+    prefect_server: None, workspace_env: Path
+) -> None:
     from flows.pipeline import pipeline
 
     state = pipeline(workspace=str(workspace_env), return_state=True)
@@ -99,7 +104,8 @@ def test_stage_flow_with_typed_params(prefect_server: None, tmp_path: Path) -> N
     from fourm.params import GenerateParams, ValidateParams
 
     state = generate_flow(
-        params={"num_scenes": 6, "samples_per_shard": 4, "workers": 1}, out_dir=str(tmp_path / "raw"),
+        params={"num_scenes": 6, "samples_per_shard": 4, "workers": 1},
+        out_dir=str(tmp_path / "raw"),
         return_state=True,
     )
     assert state.is_completed() and state.result()["num_samples"] == 6

@@ -13,9 +13,9 @@ import pytest
 
 from fourm.data import codecs
 from fourm.data.format import read_manifest_rows
+from fourm.data.generate import run_generate
 from fourm.labelers.stage import run_label
 from fourm.params import GenerateParams, LabelParams, ValidateParams
-from fourm.data.generate import run_generate
 from fourm.validation.stage import ValidationFailed, run_validate
 from tests.datasets import copy_dataset, read_member, rename_sample, replace_member, tamper_shard
 
@@ -106,7 +106,9 @@ def test_tampered_shard_fails_every_sample_of_that_shard(clean: dict[str, Path],
     tamper_shard(ds, "shard-000001.tar")
     report = run_validate("raw", LENIENT, ds, tmp_path / "out")
     result = _rule(report, "shard_sha256_matches")
-    in_shard = [r["id"] for r in read_manifest_rows(ds / "manifest.parquet") if r["shard"] == "shard-000001.tar"]
+    in_shard = [
+        r["id"] for r in read_manifest_rows(ds / "manifest.parquet") if r["shard"] == "shard-000001.tar"
+    ]
     assert result.failed == len(in_shard) == 10
     assert set(result.failing_ids) == set(in_shard)
     assert not set(_ids(tmp_path / "out")) & set(in_shard)
@@ -180,9 +182,26 @@ def test_cli_exits_non_zero_with_readable_message(clean: dict[str, Path], tmp_pa
     (tmp_path / "params.yaml").write_text("validate:\n  max_bad_fraction: 0.0\n")
     report = tmp_path / "reports" / "validate_raw.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "fourm", "validate", "--suite", "raw", "--dataset", str(ds),
-         "--out", str(tmp_path / "out"), "--params", str(tmp_path / "params.yaml"), "--report", str(report)],
-        capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, check=False,
+        [
+            sys.executable,
+            "-m",
+            "fourm",
+            "validate",
+            "--suite",
+            "raw",
+            "--dataset",
+            str(ds),
+            "--out",
+            str(tmp_path / "out"),
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--report",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+        check=False,
     )
     assert proc.returncode == 1
     assert "validation failed" in proc.stderr

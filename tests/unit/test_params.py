@@ -25,8 +25,14 @@ def test_repo_params_yaml_is_valid_and_complete() -> None:
         ({"generate": {"num_scenes": -5}}, "generate.num_scenes: Input should be greater than or equal to 1"),
         ({"generate": {"resolution": 1000}}, "generate.resolution"),
         ({"generate": {"nmu_scenes": 5}}, "generate.nmu_scenes: unknown key"),
-        ({"generate": {"splits": {"train": 0.5, "val": 0.1, "test": 0.1}}}, "generate.splits: Value error, split fractions must sum to 1"),
-        ({"generate": {"min_objects": 5, "max_objects": 2}}, "min_objects (5) must not exceed max_objects (2)"),
+        (
+            {"generate": {"splits": {"train": 0.5, "val": 0.1, "test": 0.1}}},
+            "generate.splits: Value error, split fractions must sum to 1",
+        ),
+        (
+            {"generate": {"min_objects": 5, "max_objects": 2}},
+            "min_objects (5) must not exceed max_objects (2)",
+        ),
         ({"label": {"labelers": {"colour": "oracle"}}}, "label.labelers.colour"),
         ({"validate": {"max_bad_fraction": 2}}, "validate.max_bad_fraction"),
         ({"tokenizers": {}}, "tokenizers: unknown key"),

@@ -44,7 +44,7 @@ NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
 ENCODED_MODALITIES = ("rgb", "depth", "normal", "semseg", "instance", "boxes", "caption", "scene")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sample(index: int, resolution: int = RES, seed: int = SEED) -> SyntheticSample:
     """Cached sample: treat as read-only (determinism tests call ``make_sample`` directly)."""
     return make_sample(seed, index, resolution=resolution)
@@ -171,7 +171,7 @@ NORMAL_MAX_MAX = 1.5
 FLOOR_NORMAL_MAX = 0.01  # floor interior; measured max 0.0009 deg over the same 330 scenes
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _depth_normal_errors(index: int) -> dict[int, np.ndarray]:
     """Angular error (degrees) between depth-derived and rendered normals, per class, on interiors."""
     r = sample(index, RES_GEOMETRY).rendered
@@ -324,12 +324,12 @@ def test_boxes_skip_objects_without_pixels() -> None:
 # --------------------------------------------------------------------------- 4. caption
 
 _NAME = re.compile(
-    r"\ba (%s) (%s) (%s)\b" % ("|".join(SIZES), "|".join(COLORS), "|".join(SHAPES)), re.IGNORECASE
+    r"\ba ({}) ({}) ({})\b".format("|".join(SIZES), "|".join(COLORS), "|".join(SHAPES)), re.IGNORECASE
 )
 _COUNT = re.compile(r"\b(?:with|There (?:is|are)) (\w+) (objects?)\b")
-_PHRASE = r"((?:(?:%s) )?(?:%s) (?:%s))" % ("|".join(SIZES), "|".join(COLORS), "|".join(SHAPES))
+_PHRASE = r"((?:(?:{}) )?(?:{}) (?:{}))".format("|".join(SIZES), "|".join(COLORS), "|".join(SHAPES))
 _RELATION = re.compile(
-    r"The %s is (?:to the left of|to the right of|in front of|behind) the %s\." % (_PHRASE, _PHRASE)
+    rf"The {_PHRASE} is (?:to the left of|to the right of|in front of|behind) the {_PHRASE}\."
 )
 
 
@@ -367,15 +367,9 @@ def test_caption_checks_are_exercised() -> None:
     assert {len(sample(i).scene.objects) for i in INDICES} >= {1, 2, 6}
 
 
-# Known caption defects (found by these tests; see the reports). Strict xfail: once
-# ``fourm.data.scene.caption`` is fixed these XPASS and fail, so remove the marker.
+# Caption regressions: relations name objects unambiguously; the listing follows the image.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="caption relations drop the size: two objects that share color and shape give "
-    "'The white cube is to the left of the white cube.'",
-)
 @pytest.mark.parametrize(("seed", "index"), [(2, 22), (4, 1), (4, 20)])
 def test_caption_relations_are_unambiguous(seed: int, index: int) -> None:
     """A relation sentence names two distinguishable objects, never the same phrase twice."""
@@ -386,11 +380,6 @@ def test_caption_relations_are_unambiguous(seed: int, index: int) -> None:
         assert subject != other, s.caption
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="caption sorts objects by lateral offset along the camera's right axis, not by "
-    "projected image x (offset / depth), so the listing is not left to right under perspective",
-)
 @pytest.mark.parametrize(("seed", "index"), [(0, 2), (0, 12)])
 def test_caption_lists_objects_left_to_right_in_the_image(seed: int, index: int) -> None:
     """The listing follows the image's left-to-right order of the objects' projected centres

@@ -44,9 +44,15 @@ def test_masked_hides_secrets_and_url_passwords(monkeypatch: pytest.MonkeyPatch)
 def test_cli_prints_settings_without_secret(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "fourm", "settings"],
-        capture_output=True, text=True, check=True,
-        env={"PATH": "/usr/bin:/bin", "FOURM_S3_SECRET_KEY": "very-secret-string", "FOURM_HOME": str(tmp_path),
-             "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        check=True,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "FOURM_S3_SECRET_KEY": "very-secret-string",
+            "FOURM_HOME": str(tmp_path),
+            "COLUMNS": "200",
+        },
     )
     assert "very-secret-string" not in proc.stdout + proc.stderr
     assert "s3_secret_key" in proc.stdout and "**********" in proc.stdout
