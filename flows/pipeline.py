@@ -118,4 +118,5 @@ def pipeline(workspace: str = ".", push_to_remote: bool = True) -> list[str]:
 
 
 if __name__ == "__main__":
-    pipeline()
+    lines = pipeline()
+    print("\n== fourm pipeline: done ==", *lines, sep="\n")

@@ -135,6 +135,27 @@ def _command(settings: Settings, paths: dict[str, Path]) -> list[str]:
     ]
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write a file holding secrets with mode 0600, even if it existed with another mode."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _volumes_ready(settings: Settings) -> bool:
+    """Whether the master knows a data node (right after a restart it may not yet)."""
+    master = settings.s3_internal_ports[0]
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{master}/dir/status", timeout=2) as resp:
+            topology = json.load(resp).get("Topology", {})
+    except (OSError, ValueError):
+        return False
+    return any(
+        rack.get("DataNodes") for dc in topology.get("DataCenters") or [] for rack in dc.get("Racks") or []
+    )
+
+
 def status(settings: Settings) -> ServiceStatus:
     proc = _our_process(settings)
     return ServiceStatus(settings.s3_endpoint, proc.pid if proc else None, _healthz(settings))
@@ -143,7 +164,7 @@ def status(settings: Settings) -> ServiceStatus:
 def _wait_healthy(settings: Settings, proc: psutil.Process | subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + _HEALTH_TIMEOUT_S
     while time.monotonic() < deadline:
-        if _healthz(settings):
+        if _healthz(settings) and _volumes_ready(settings):
             return
         alive = proc.poll() is None if isinstance(proc, subprocess.Popen) else proc.is_running()
         if not alive:
@@ -169,9 +190,7 @@ def up(settings: Settings, create_buckets: bool = True) -> ServiceStatus:
                 f"something else already serves {settings.s3_endpoint}; stop it or set FOURM_S3_ENDPOINT"
             )
         paths["data"].mkdir(parents=True, exist_ok=True)
-        fd = os.open(paths["identities"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(_identities(settings), f)
+        _write_private(paths["identities"], json.dumps(_identities(settings)))
         env = {**os.environ, "GOMEMLIMIT": os.environ.get("GOMEMLIMIT", "256MiB")}
         with open(paths["log"], "ab") as log:
             popen = subprocess.Popen(
@@ -244,8 +263,5 @@ def configure_dvc_remote(
         f"    access_key_id = {settings.s3_access_key}\n"
         f"    secret_access_key = {settings.s3_secret_key.get_secret_value()}\n"
     )
-    path = dvc_dir / "config.local"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    _write_private(dvc_dir / "config.local", text)
     return True

@@ -7,7 +7,6 @@ are masked whenever settings are shown.
 
 from __future__ import annotations
 
-from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -51,7 +50,7 @@ class Settings(BaseSettings):
     k8s_image: str = "fourm:latest"
     wandb_mode: str = "offline"
 
-    @cached_property
+    @property
     def home_dir(self) -> Path:
         return self.home.expanduser().resolve()
 

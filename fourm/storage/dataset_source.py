@@ -16,7 +16,10 @@ class S3Source:
         self.store = store
         self.bucket = bucket
         self.prefix = prefix
-        self.manifest = store.read_set_manifest(bucket, prefix)
+        try:
+            self.manifest = store.read_set_manifest(bucket, prefix)
+        except StorageError as err:
+            raise DatasetError(str(err)) from err
 
     @staticmethod
     def from_uri(uri: str, store: ObjectStore | None = None) -> S3Source:

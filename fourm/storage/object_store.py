@@ -31,7 +31,11 @@ T = TypeVar("T")
 
 
 class StorageError(RuntimeError):
-    """An S3 operation failed; the message names bucket and key."""
+    """An S3 operation failed; the message names bucket and key (``code``: the S3 error code)."""
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        self.code = code
 
 
 class IntegrityError(StorageError):
@@ -50,6 +54,14 @@ class ObjectInfo:
 
 
 _TRANSIENT = (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError, OSError)
+_RETRY_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"}
+_MISSING_CODES = {"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"}
+
+
+def _retryable(err: S3Error) -> bool:
+    """Server-side trouble (e.g. a restarted server whose volumes are not back yet)."""
+    status = getattr(err.response, "status", 0) or 0
+    return err.code in _RETRY_CODES or status >= 500
 
 
 class ObjectStore:
@@ -89,35 +101,38 @@ class ObjectStore:
     # -- retries -----------------------------------------------------------------
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run ``fn``; retry connection errors with exponential backoff."""
+        """Run ``fn``; retry connection errors and server-side (5xx) errors with backoff.
+
+        Other S3 errors (missing key, bad credentials) are not retried; every
+        failure becomes a ``StorageError`` whose message names the operation.
+        """
         delay = self.backoff_seconds
         for attempt in range(self.retries + 1):
             try:
                 return fn()
-            except S3Error:
-                raise
+            except S3Error as err:
+                if not _retryable(err) or attempt == self.retries:
+                    raise StorageError(f"{what}: {err.code}: {err.message}", code=err.code) from None
             except _TRANSIENT as err:
                 if attempt == self.retries:
                     raise StorageError(
                         f"{what}: S3 endpoint {self.endpoint or '?'} unreachable after "
                         f"{self.retries + 1} attempts: {type(err).__name__}"
                     ) from err
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
         raise AssertionError("unreachable")
 
     # -- buckets -----------------------------------------------------------------
 
     def ensure_bucket(self, bucket: str) -> None:
-        def make() -> None:
-            if not self.client.bucket_exists(bucket):
-                try:
-                    self.client.make_bucket(bucket)
-                except S3Error as err:
-                    if err.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                        raise
-
-        self._call(f"create bucket {bucket}", make)
+        if self._call(f"check bucket {bucket}", lambda: self.client.bucket_exists(bucket)):
+            return
+        try:
+            self._call(f"create bucket {bucket}", lambda: self.client.make_bucket(bucket))
+        except StorageError as err:
+            if err.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
 
     def healthy(self) -> bool:
         try:
@@ -160,10 +175,7 @@ class ObjectStore:
         return digest
 
     def stat(self, bucket: str, key: str) -> ObjectInfo:
-        try:
-            st = self._call(f"stat s3://{bucket}/{key}", lambda: self.client.stat_object(bucket, key))
-        except S3Error as err:
-            raise StorageError(f"s3://{bucket}/{key}: {err.code}") from None
+        st = self._call(f"stat s3://{bucket}/{key}", lambda: self.client.stat_object(bucket, key))
         meta = {k.lower(): v for k, v in (st.metadata or {}).items()}
         sha = meta.get(f"x-amz-meta-{SHA_META}")
         return ObjectInfo(key=key, size=st.size or 0, sha256=sha)
@@ -180,10 +192,7 @@ class ObjectStore:
                 resp.close()
                 resp.release_conn()
 
-        try:
-            data, expected = self._call(f"get s3://{bucket}/{key}", fetch)
-        except S3Error as err:
-            raise StorageError(f"s3://{bucket}/{key}: {err.code}") from None
+        data, expected = self._call(f"get s3://{bucket}/{key}", fetch)
         if expected is None:
             raise IntegrityError(f"s3://{bucket}/{key}: no sha256 metadata; refusing unverified object")
         actual = sha256_bytes(data)
@@ -203,8 +212,8 @@ class ObjectStore:
         try:
             self._call(f"stat s3://{bucket}/{key}", lambda: self.client.stat_object(bucket, key))
             return True
-        except S3Error as err:
-            if err.code in ("NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"):
+        except StorageError as err:
+            if err.code in _MISSING_CODES:
                 return False
             raise
 
