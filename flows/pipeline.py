@@ -20,8 +20,13 @@ from typing import Any
 
 import yaml
 from prefect import flow, get_run_logger, task
+from prefect.runtime import flow_run
 
 from flows.artifacts import publish_stage_report, publish_validation
+from fourm.io import canonical_json, sha256_bytes
+from fourm.registry.api import Registry
+from fourm.registry.hooks import FLOW_RUN_ENV
+from fourm.settings import get_settings
 from fourm.summary import pipeline_summary, validation_line
 from fourm.validation.stage import failure_report_path
 
@@ -31,9 +36,27 @@ class StageFailed(RuntimeError):
 
 
 def _env() -> dict[str, str]:
-    # The stages call `fourm`; make the interpreter's bin dir win on PATH.
+    # The stages call `fourm`; make the interpreter's bin dir win on PATH, and tell
+    # them the flow run they belong to (recorded with their registry run).
     bindir = str(Path(sys.executable).parent)
-    return {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return {
+        **os.environ,
+        "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+        FLOW_RUN_ENV: str(flow_run.id or ""),
+    }
+
+
+def _record_lock_entry(ws: Path, stage: str) -> None:
+    """Attach the stage's dvc.lock entry hash to the registry run this flow run made."""
+    lock = yaml.safe_load((ws / "dvc.lock").read_text()) if (ws / "dvc.lock").exists() else {}
+    entry = (lock.get("stages") or {}).get(stage)
+    if entry is None or not flow_run.id:
+        return
+    registry = Registry(get_settings().effective_registry_url)
+    try:
+        registry.attach_dvc_lock_by_flow_run(stage, str(flow_run.id), sha256_bytes(canonical_json(entry)))
+    finally:
+        registry.close()
 
 
 def _stream(cmd: list[str], cwd: Path) -> int:
@@ -85,6 +108,7 @@ def run_stage(stage: str, workspace: str, report: str | None) -> dict[str, Any] 
             _publish(failure, stage)
             raise StageFailed(f"stage {stage} failed: {validation_line(failure)}")
         raise StageFailed(f"stage {stage} failed (exit {code}); see the log above")
+    _record_lock_entry(ws, stage)
     if report and (ws / report).exists():
         data = json.loads((ws / report).read_text())
         _publish(data, stage)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from fourm.params import ParamsError, load_params
+from fourm.registry.cli import registry_app
+from fourm.registry.hooks import dataset_artifact, file_artifact, recorded_run
 from fourm.settings import get_settings
 
 app = typer.Typer(help="fourm: train 4M-style any-to-any multimodal models.", no_args_is_help=True)
@@ -28,6 +31,7 @@ bench_app = typer.Typer(help="Benchmarks (figures go to docs/benchmarks.md).", n
 app.add_typer(services_app, name="services")
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
+app.add_typer(registry_app, name="registry")
 
 out = Console()
 err = Console(stderr=True)
@@ -40,10 +44,11 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from fourm.data.codecs import DecodeError
     from fourm.data.format import DatasetError
     from fourm.labelers.base import LabelerError
+    from fourm.registry.errors import RegistryError
     from fourm.services import ServiceError
     from fourm.storage.object_store import StorageError
 
-    return (ParamsError, DatasetError, DecodeError, LabelerError, StorageError, ServiceError)
+    return (ParamsError, DatasetError, DecodeError, LabelerError, StorageError, ServiceError, RegistryError)
 
 
 def friendly_errors(fn: F) -> F:
@@ -58,6 +63,15 @@ def friendly_errors(fn: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _stage_name(default: str) -> str:
+    """The DVC stage running us (DVC sets ``DVC_STAGE``), else the command's own name."""
+    return os.environ.get("DVC_STAGE") or default
+
+
+def _section(model: Any) -> dict[str, Any]:
+    return model.model_dump(mode="json", by_alias=True)
 
 
 def _write_report(path: Path | None, report: dict[str, Any]) -> None:
@@ -135,7 +149,9 @@ def data_generate(
     from fourm.data.generate import run_generate
 
     params = load_params(params_file)
-    result = run_generate(params.generate, out_dir)
+    with recorded_run(get_settings(), _stage_name("generate"), _section(params.generate), []) as rec:
+        result = run_generate(params.generate, out_dir)
+        rec.output(dataset_artifact(out_dir, "dataset"))
     _write_report(report, result.to_dict())
     out.print(
         f"generated {result.num_samples} scenes {result.splits} in {result.num_shards} shards "
@@ -188,7 +204,13 @@ def label_cmd(
     from fourm.labelers.stage import run_label
 
     params = load_params(params_file)
-    result = run_label(params.label, raw, accepted, out_dir)
+    inputs = [
+        dataset_artifact(raw, "dataset"),
+        file_artifact(accepted, "validated dataset", f"{raw}-accepted"),
+    ]
+    with recorded_run(get_settings(), _stage_name("label"), _section(params.label), inputs) as rec:
+        result = run_label(params.label, raw, accepted, out_dir)
+        rec.output(dataset_artifact(out_dir, "label set"))
     _write_report(report, result.to_dict())
     names = sorted({p["name"] for p in result.labelers.values()})
     out.print(
@@ -214,8 +236,15 @@ def validate_cmd(
         err.print(f"[red]error:[/red] --suite must be raw or labeled, got {suite!r}")
         raise typer.Exit(2)
     params = load_params(params_file)
+    inputs = [dataset_artifact(dataset, "dataset" if suite == "raw" else "label set")]
+    if source_manifest is not None:
+        inputs.append(file_artifact(source_manifest, "validated dataset", f"{source_manifest.parent}"))
+    stage = _stage_name("validate" if suite == "raw" else "validate-labels")
     try:
-        result = run_validate(suite, params.validate_, dataset, out_dir, source_manifest)  # type: ignore[arg-type]
+        with recorded_run(get_settings(), stage, _section(params.validate_), inputs) as rec:
+            result = run_validate(suite, params.validate_, dataset, out_dir, source_manifest)  # type: ignore[arg-type]
+            rec.output(file_artifact(out_dir / "manifest.parquet", "validated dataset", str(out_dir)))
+            rec.output(file_artifact(out_dir / "quarantine.json", "quarantine list", f"{out_dir}-quarantine"))
     except ValidationFailed as failure:
         # Outputs stay untouched; the failed report goes where flows can publish it.
         from fourm.io import atomic_write_json

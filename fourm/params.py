@@ -81,12 +81,32 @@ class ValidateParams(StrictModel):
     max_examples: int = Field(10, ge=1, description="Failing sample ids listed per rule.")
 
 
+class MetricBounds(StrictModel):
+    """Bounds a metric must meet; either side may be open."""
+
+    min: float | None = None
+    max: float | None = None
+
+
+class RegistryParams(StrictModel):
+    """Promotion gates of the model registry."""
+
+    thresholds: dict[str, MetricBounds] = Field(
+        default_factory=dict, description="metric -> bounds, checked when promoting to staging or production"
+    )
+    compare_metric: str | None = Field(
+        None, description="metric a new production version must not be worse on than the current one"
+    )
+    higher_is_better: bool = True
+
+
 class Params(StrictModel):
     """All of params.yaml."""
 
     generate: GenerateParams = GenerateParams()
     label: LabelParams = LabelParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    registry: RegistryParams = RegistryParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -52,6 +52,7 @@ def make_workspace(root: Path, settings: Settings, params: dict | None = None) -
         **settings_env(settings),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "DVC_NO_ANALYTICS": "1",
+        "FOURM_REGISTRY_URL": f"sqlite:///{root / 'registry.db'}",
         "COLUMNS": "200",
     }
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]

@@ -35,6 +35,8 @@ def test_repro_push_delete_pull_restores_identical_bytes(s3_settings: Settings, 
     metrics = run(["dvc", "metrics", "show"], ws, env).stdout
     assert "reports/validate_raw.json" in metrics and "num_bad" in metrics
 
+    _check_registry_records(env["FOURM_REGISTRY_URL"], ws)
+
     before = _hashes(ws)
     assert any(k.endswith(".tar") for k in before) and any("docs" in k for k in before)
     run(["dvc", "push"], ws, env)
@@ -57,3 +59,24 @@ def test_params_change_reruns_only_downstream(s3_settings: Settings, tmp_path: P
     assert "Running stage 'label'" in second.stdout
     # labels are the same bytes whatever the batch size, so validation is restored from cache
     assert "Running stage 'validate-labels'" not in second.stdout
+
+
+def _check_registry_records(url: str, ws: Path) -> None:
+    """Every stage run is in the registry with its code version, params hash and hashed outputs."""
+    from fourm.registry.api import Registry
+
+    reg = Registry(url)
+    runs = {r.stage: r for r in reg.runs()}
+    assert set(runs) == {"generate", "validate", "label", "validate-labels"}
+    head = run(["git", "rev-parse", "HEAD"], ws, {**__import__("os").environ}).stdout.strip()
+    for r in runs.values():
+        assert r.status == "succeeded" and r.git_commit == head and len(r.params_sha256) == 64
+    _, outputs = reg.run_io(runs["generate"].id)
+    assert outputs[0].kind == "dataset"
+    assert outputs[0].sha256 == sha256_file(ws / "data" / "raw" / "dataset.json")
+    # validated labels trace back to the raw dataset through the label run
+    validated = reg.run_io(runs["validate-labels"].id)[1]
+    graph = reg.lineage(f"artifact:{validated[0].id}", "upstream")
+    assert f"artifact:{outputs[0].id}" in graph.nodes
+    assert any(n.label.startswith(f"run {runs['label'].id} label") for n in graph.nodes.values())
+    reg.close()

@@ -51,7 +51,7 @@ def _artifacts_and_logs(flow_run_id) -> tuple[dict[str, object], list[str]]:  # 
 @pytest.fixture()
 def workspace_env(s3_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
     ws, env = make_workspace(tmp_path, s3_settings)
-    for key in ("FOURM_HOME", "FOURM_S3_ENDPOINT", "FOURM_S3_INTERNAL_PORTS", "PATH"):
+    for key in ("FOURM_HOME", "FOURM_S3_ENDPOINT", "FOURM_S3_INTERNAL_PORTS", "PATH", "FOURM_REGISTRY_URL"):
         monkeypatch.setenv(key, env[key])
     return ws
 
@@ -77,6 +77,15 @@ def test_pipeline_flow_runs_stages_and_publishes_validation(
     assert any("Running stage 'generate'" in m for m in logs)
     assert any("labeled validation of data/labels: 24/24" in m for m in logs)
     assert any("pushed" in m for m in logs)
+    # the registry knows which flow run made each stage run, and its dvc.lock entry
+    from fourm.registry.api import Registry
+
+    reg = Registry(os.environ["FOURM_REGISTRY_URL"])
+    runs = reg.runs()
+    assert {r.stage for r in runs} == {"generate", "validate", "label", "validate-labels"}
+    assert {r.prefect_flow_run_id for r in runs} == {str(state.state_details.flow_run_id)}
+    assert all(r.dvc_lock_sha256 and len(r.dvc_lock_sha256) == 64 for r in runs)
+    reg.close()
 
 
 def test_failed_validation_fails_the_run_and_publishes_its_report(
@@ -97,6 +106,12 @@ def test_failed_validation_fails_the_run_and_publishes_its_report(
     assert "rules with failures: caption_length" in str(state.message)
     assert not (workspace_env / "data" / "raw_validated").exists()
     assert "validate-labels-rules" not in artifacts
+    from fourm.registry.api import Registry
+
+    reg = Registry(os.environ["FOURM_REGISTRY_URL"])
+    failed = reg.runs(stage="validate")[0]
+    assert failed.status == "failed" and "caption_length" in failed.error
+    reg.close()
 
 
 def test_stage_flow_with_typed_params(prefect_server: None, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.unit
 def test_repo_params_yaml_is_valid_and_complete() -> None:
     params = load_params(REPO / "params.yaml")
     # every section is written out explicitly: params.yaml is the one source
-    assert set(dump_params(params)) == {"generate", "label", "validate"}
+    assert set(dump_params(params)) == {"generate", "label", "validate", "registry"}
     assert dump_params(params) == dump_params(parse_params(dump_params(params)))
 
 
