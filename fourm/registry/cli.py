@@ -262,6 +262,62 @@ def card_cmd(
         print(text, end="")
 
 
+@registry_app.command("register")
+@_errors
+def register_cmd(
+    name: str,
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Checkpoint file.")],
+    checkpoint_uri: Annotated[
+        str | None, typer.Option("--checkpoint-uri", help="Where it lives (s3://…).")
+    ] = None,
+    tokenizers: Annotated[list[Path], typer.Option("--tokenizer", help="Tokenizer files (repeat).")] = [],  # noqa: B006
+    evaluation: Annotated[
+        Path | None, typer.Option("--evaluation", help="Evaluation report (metrics JSON).")
+    ] = None,
+    description: Annotated[str | None, typer.Option("--description")] = None,
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a new model version from files (the pipeline's final step calls this).
+
+    Metrics are read from the evaluation report (a JSON object); the run that made
+    the checkpoint, if recorded, becomes the version's run.
+    """
+    from fourm.registry.hooks import file_artifact
+
+    reg = _registry(url)
+    ckpt = file_artifact(checkpoint, "checkpoint")
+    ck = reg.register_artifact(ckpt.kind, ckpt.name, checkpoint_uri or ckpt.uri, ckpt.sha256, ckpt.size)
+    toks = [file_artifact(t, "tokenizer") for t in tokenizers]
+    tok_ids = [reg.register_artifact(t.kind, t.name, t.uri, t.sha256, t.size).id for t in toks]
+    metrics: dict[str, Any] = {}
+    eval_id = None
+    if evaluation is not None:
+        try:
+            metrics = json.loads(evaluation.read_text())
+        except (OSError, ValueError) as e:
+            raise RegistryError(f"{evaluation}: not a readable JSON metrics file: {e}") from None
+        if not isinstance(metrics, dict):
+            raise RegistryError(f"{evaluation}: metrics must be a JSON object")
+        ev = file_artifact(evaluation, "evaluation report")
+        eval_id = reg.register_artifact(ev.kind, ev.name, ev.uri, ev.sha256, ev.size).id
+    version = reg.register_model_version(
+        name,
+        ck.id,
+        tokenizer_artifact_ids=tok_ids,
+        evaluation_artifact_id=eval_id,
+        metrics=metrics,
+        run_id=ck.created_by_run_id,
+        description=description,
+    )
+    if as_json:
+        _print_json(version.to_dict())
+    else:
+        out.print(
+            f"registered {version.ref} (checkpoint sha256 {version.checkpoint.sha256[:12]}…)", highlight=False
+        )
+
+
 @registry_app.command("runs")
 @_errors
 def runs_cmd(

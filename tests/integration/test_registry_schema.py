@@ -125,3 +125,42 @@ def test_cli_unusable_database_is_one_line_not_a_traceback(url: str, expected: s
     assert proc.returncode == 1
     assert expected in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_cli_register_from_files(registry_url: str, tmp_path: Path) -> None:
+    (tmp_path / "last.pt").write_bytes(b"weights")
+    (tmp_path / "text.json").write_text("{}")
+    (tmp_path / "metrics.json").write_text(json.dumps({"loss": 1.25, "baselines": {"loss": 3.0}}))
+    result = CliRunner().invoke(
+        app,
+        [
+            "registry",
+            "register",
+            "tiny",
+            "--checkpoint",
+            str(tmp_path / "last.pt"),
+            "--tokenizer",
+            str(tmp_path / "text.json"),
+            "--evaluation",
+            str(tmp_path / "metrics.json"),
+            "--url",
+            registry_url,
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    version = json.loads(result.output)
+    assert version["version"] == 1 and version["metrics"]["loss"] == 1.25
+    assert version["checkpoint"]["sha256"] == __import__("hashlib").sha256(b"weights").hexdigest()
+    assert [t["name"] for t in version["tokenizers"]] == ["text.json"]
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    code, output = _cli(
+        "register",
+        "tiny",
+        "--checkpoint",
+        str(tmp_path / "last.pt"),
+        "--evaluation",
+        str(tmp_path / "bad.json"),
+        url=registry_url,
+    )
+    assert code == 1 and "metrics must be a JSON object" in output
