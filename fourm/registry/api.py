@@ -12,7 +12,7 @@ from __future__ import annotations
 import getpass
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -40,6 +40,14 @@ from fourm.registry.models import (
 from fourm.registry.refs import ModelRef, check_alias, parse_ref
 
 RUN_STATUSES = ("running", "succeeded", "failed")
+T = TypeVar("T")
+
+
+def _get(s: Session, table: type[T], ident: int, what: str) -> T:
+    row = s.get(table, ident)
+    if row is None:
+        raise NotFound(f"unknown {what} {ident}")
+    return row
 
 
 def default_actor() -> str:
@@ -475,17 +483,11 @@ class Registry:
 
     @staticmethod
     def _run(s: Session, run_id: int) -> Run:
-        run = s.get(Run, run_id)
-        if run is None:
-            raise NotFound(f"unknown run {run_id}")
-        return run
+        return _get(s, Run, run_id, "run")
 
     @staticmethod
     def _artifact(s: Session, artifact_id: int) -> Artifact:
-        art = s.get(Artifact, artifact_id)
-        if art is None:
-            raise NotFound(f"unknown artifact {artifact_id}")
-        return art
+        return _get(s, Artifact, artifact_id, "artifact")
 
     @staticmethod
     def _model(s: Session, name: str) -> Model:

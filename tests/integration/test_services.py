@@ -11,7 +11,6 @@ import os
 import socket
 import stat
 import subprocess
-import urllib.request
 from pathlib import Path
 
 import psutil
@@ -36,14 +35,6 @@ def _port_open(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(1)
         return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _healthz_answers(settings: Settings) -> bool:
-    try:
-        with urllib.request.urlopen(f"{settings.s3_endpoint}/healthz", timeout=2) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
 
 
 def _write_pidfile(settings: Settings, pid: int, create_time: float) -> None:
@@ -101,7 +92,7 @@ def test_stale_pid_files_are_cleared_without_killing_anyone(tmp_path: Path) -> N
         assert st.pid != dead.pid
         assert json.loads(_pidfile(settings).read_text())["pid"] == st.pid
         assert services.down(settings) is True
-        assert not _healthz_answers(settings)
+        assert not services.s3_healthy(settings)
 
         # (b) The pid is alive but is some other program (create_time differs,
         # as after pid reuse): down must not signal it.
@@ -153,11 +144,11 @@ def test_down_stops_exactly_our_process(s3_settings: Settings, tmp_path: Path) -
         st = services.up(settings)
         pid = st.pid
         assert psutil.pid_exists(pid)
-        assert _healthz_answers(settings)
+        assert services.s3_healthy(settings)
 
         assert services.down(settings) is True
         assert not psutil.pid_exists(pid), f"weed pid {pid} still exists after down()"
-        assert not _healthz_answers(settings)
+        assert not services.s3_healthy(settings)
         for port in (settings.s3_port, *settings.s3_internal_ports):
             assert not _port_open(port), f"port {port} still open after down()"
         assert not _pidfile(settings).exists()
