@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -49,6 +51,16 @@ def publish_validation(report: dict[str, Any], stage: str) -> None:
             f"| {q['id']} | {q['shard']} | {', '.join(q['rules'])} |" for q in report["quarantined"][:20]
         ]
     create_markdown_artifact(key=artifact_key(stage, "summary"), markdown="\n".join(lines))
+
+
+def publish_image(path: Path, stage: str, title: str) -> None:
+    """A PNG as a markdown artifact: embedded (data URI) and with its path."""
+    data = base64.b64encode(path.read_bytes()).decode()
+    create_markdown_artifact(
+        key=artifact_key(stage, "preview"),
+        markdown=f"# {title}\n\n`{path}`\n\n![{title}](data:image/png;base64,{data})",
+        description=title,
+    )
 
 
 def publish_stage_report(report: dict[str, Any], stage: str) -> None:

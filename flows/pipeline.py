@@ -22,7 +22,7 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
-from flows.artifacts import publish_stage_report, publish_validation
+from flows.artifacts import publish_image, publish_stage_report, publish_validation
 from fourm.io import canonical_json, sha256_bytes
 from fourm.registry.api import Registry
 from fourm.registry.hooks import FLOW_RUN_ENV
@@ -78,15 +78,20 @@ def _stream(cmd: list[str], cwd: Path) -> int:
     return proc.returncode
 
 
+def _outputs(entries: list) -> list[Path]:
+    return [Path(next(iter(e)) if isinstance(e, dict) else e) for e in entries or []]
+
+
+def stage_plots(workspace: Path) -> dict[str, list[Path]]:
+    """Stage name -> its plots files from dvc.yaml."""
+    spec = yaml.safe_load((workspace / "dvc.yaml").read_text())
+    return {name: _outputs(stage.get("plots")) for name, stage in spec["stages"].items()}
+
+
 def stage_reports(workspace: Path) -> dict[str, Path]:
     """Stage name -> its report (the first metrics file) from dvc.yaml, in DAG order."""
     spec = yaml.safe_load((workspace / "dvc.yaml").read_text())
-    reports = {}
-    for name, stage in spec["stages"].items():
-        metrics = stage.get("metrics") or []
-        first = metrics[0] if metrics else None
-        reports[name] = Path(next(iter(first)) if isinstance(first, dict) else first) if first else None
-    return reports
+    return {name: next(iter(_outputs(stage.get("metrics"))), None) for name, stage in spec["stages"].items()}
 
 
 def _publish(report: dict[str, Any], stage: str) -> None:
@@ -109,6 +114,9 @@ def run_stage(stage: str, workspace: str, report: str | None) -> dict[str, Any] 
             raise StageFailed(f"stage {stage} failed: {validation_line(failure)}")
         raise StageFailed(f"stage {stage} failed (exit {code}); see the log above")
     _record_lock_entry(ws, stage)
+    for plot in stage_plots(ws).get(stage, []):
+        if plot.suffix == ".png" and (ws / plot).exists():
+            publish_image(ws / plot, stage, f"{stage}: {plot.name}")
     if report and (ws / report).exists():
         data = json.loads((ws / report).read_text())
         _publish(data, stage)

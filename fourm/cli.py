@@ -8,6 +8,7 @@ exit non-zero; they never show a traceback.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 import sys
@@ -199,6 +200,9 @@ def label_cmd(
     accepted: Annotated[Path, typer.Option("--accepted")] = Path("data/raw_validated/manifest.parquet"),
     out_dir: Annotated[Path, typer.Option("--out")] = Path("data/labels"),
     report: Annotated[Path | None, typer.Option("--report")] = None,
+    preview: Annotated[
+        Path | None, typer.Option("--preview", help="Write a PNG grid of labeled samples.")
+    ] = None,
 ) -> None:
     """Pseudo-label the accepted raw samples with the labelers params.yaml selects."""
     from fourm.labelers.stage import run_label
@@ -212,6 +216,13 @@ def label_cmd(
         result = run_label(params.label, raw, accepted, out_dir)
         rec.output(dataset_artifact(out_dir, "label set"))
     _write_report(report, result.to_dict())
+    if preview is not None:
+        from fourm.data.preview import sample_grid
+        from fourm.io import atomic_write_bytes
+
+        buf = io.BytesIO()
+        sample_grid(raw, out_dir).save(buf, format="PNG")
+        atomic_write_bytes(preview, buf.getvalue())
     names = sorted({p["name"] for p in result.labelers.values()})
     out.print(
         f"labeled {result.num_samples} samples in {result.num_shards} shards with "

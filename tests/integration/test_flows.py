@@ -73,6 +73,7 @@ def test_pipeline_flow_runs_stages_and_publishes_validation(
     assert all(r["failed"] == 0 and r["checked"] == 24 for r in rules)
     assert json.loads(artifacts["validate-labels-rules"].data)[0]["checked"] == 24
     assert "validate-labels-summary" in artifacts and "generate-report" in artifacts
+    assert "data:image/png;base64,iVBOR" in artifacts["label-preview"].data  # the labeled-sample grid
     # each stage's own output is streamed into the run log
     assert any("Running stage 'generate'" in m for m in logs)
     assert any("labeled validation of data/labels: 24/24" in m for m in logs)

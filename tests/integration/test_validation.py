@@ -210,3 +210,17 @@ def test_cli_exits_non_zero_with_readable_message(clean: dict[str, Path], tmp_pa
     assert not (tmp_path / "out").exists() and not report.exists()
     failed = json.loads(report.with_name("validate_raw.failed.json").read_text())
     assert failed["passed"] is False and failed["num_bad"] == 1
+
+
+def test_preview_grid_shows_each_sample_with_its_labels(clean: dict[str, Path]) -> None:
+    from fourm.data.preview import PALETTE, colorize_depth, sample_grid
+
+    grid = sample_grid(clean["raw"], clean["labels"], num_samples=3, scale=2)
+    assert grid.size == (4 * 128 + 5 * 4, 3 * 128 + 4 * 4)
+    pixels = np.asarray(grid)
+    # the semseg panel of the first row shows the floor colour and at least one object colour
+    semseg_panel = pixels[4 : 4 + 128, 4 + 3 * 132 : 4 + 3 * 132 + 128].reshape(-1, 3)
+    colours = {tuple(c) for c in np.unique(semseg_panel, axis=0)}
+    assert tuple(PALETTE[0]) in colours and len(colours & {tuple(c) for c in PALETTE[1:4]}) >= 1
+    ramp = colorize_depth(np.array([[1.0, 2.0], [3.0, np.nan]]))
+    assert ramp[0, 0].tolist() != ramp[1, 0].tolist()  # near and far differ
