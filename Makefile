@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.fourm/prefect
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 
-.PHONY: setup demo pipeline test test-fast lint bench services-up services-down clean
+.PHONY: setup demo test test-fast lint bench services-up services-down clean
 
 setup: $(VENV)/.installed
 
@@ -44,5 +44,6 @@ lint: setup
 bench: setup
 	fourm bench data
 
+# Removes the pipeline's outputs and the local S3 data; keeps the registry (.fourm/registry.db).
 clean: services-down
-	rm -rf .fourm data reports
+	rm -rf data .fourm/services .fourm/prefect

@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -105,10 +106,11 @@ def _publish(report: dict[str, Any], stage: str) -> None:
 def run_stage(stage: str, workspace: str, report: str | None) -> dict[str, Any] | None:
     """Reproduce one DVC stage; publish its report (or the failure's) as artifacts."""
     ws = Path(workspace)
+    started = time.time()
     code = _stream(["dvc", "repro", "--single-item", stage], ws)
     if code != 0:
         failed = failure_report_path(ws / report) if report else None
-        if failed is not None and failed.exists():
+        if failed is not None and failed.exists() and failed.stat().st_mtime >= started:
             failure = json.loads(failed.read_text())
             _publish(failure, stage)
             raise StageFailed(f"stage {stage} failed: {validation_line(failure)}")
@@ -149,6 +151,14 @@ def pipeline(workspace: str = ".", push_to_remote: bool = True) -> list[str]:
     return summary
 
 
+def use_configured_prefect_api() -> None:
+    """Point Prefect at ``FOURM_PREFECT_API_URL`` when set (else Prefect's own settings apply)."""
+    api_url = get_settings().prefect_api_url
+    if api_url and "PREFECT_API_URL" not in os.environ:
+        os.environ["PREFECT_API_URL"] = api_url
+
+
 if __name__ == "__main__":
+    use_configured_prefect_api()
     lines = pipeline()
     print("\n== fourm pipeline: done ==", *lines, sep="\n")

@@ -2,7 +2,8 @@
 
 Parameters are the typed models of params.yaml (so the Prefect UI renders a
 form); left empty they default to the workspace's params.yaml. These flows run
-a stage directly, outside DVC: for reproducible runs use ``fourm-pipeline``.
+a stage directly, outside DVC (each run is still recorded in the registry): for
+reproducible runs use ``fourm-pipeline``.
 """
 
 from __future__ import annotations
@@ -12,15 +13,14 @@ from pathlib import Path
 from prefect import flow, task
 
 from flows.artifacts import publish_stage_report, publish_validation
-from fourm.data.generate import run_generate
-from fourm.labelers.stage import run_label
+from fourm import stages
 from fourm.params import GenerateParams, LabelParams, ValidateParams, load_params
-from fourm.validation.stage import ValidationFailed, run_validate
+from fourm.validation.stage import ValidationFailed
 
 
 @task(name="generate")
 def generate_task(params: GenerateParams, out_dir: str) -> dict:
-    return run_generate(params, Path(out_dir)).to_dict()
+    return stages.generate(params, Path(out_dir)).to_dict()
 
 
 @flow(name="fourm-generate")
@@ -33,7 +33,7 @@ def generate_flow(params: GenerateParams | None = None, out_dir: str = "data/raw
 
 @task(name="label")
 def label_task(params: LabelParams, raw_dir: str, accepted: str, out_dir: str) -> dict:
-    return run_label(params, Path(raw_dir), Path(accepted), Path(out_dir)).to_dict()
+    return stages.label(params, Path(raw_dir), Path(accepted), Path(out_dir)).to_dict()
 
 
 @flow(name="fourm-label")
@@ -54,7 +54,7 @@ def validate_task(
     suite: str, params: ValidateParams, dataset: str, out_dir: str, source_manifest: str | None
 ) -> dict:
     try:
-        return run_validate(
+        return stages.validate(
             suite,  # type: ignore[arg-type]
             params,
             Path(dataset),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import io
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,6 @@ from rich.table import Table
 
 from fourm.params import ParamsError, load_params
 from fourm.registry.cli import registry_app
-from fourm.registry.hooks import dataset_artifact, file_artifact, recorded_run
 from fourm.settings import get_settings
 
 app = typer.Typer(help="fourm: train 4M-style any-to-any multimodal models.", no_args_is_help=True)
@@ -49,7 +47,17 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from fourm.services import ServiceError
     from fourm.storage.object_store import StorageError
 
-    return (ParamsError, DatasetError, DecodeError, LabelerError, StorageError, ServiceError, RegistryError)
+    # OSError last: a missing or unwritable file the user named is bad input, not a bug.
+    return (
+        ParamsError,
+        DatasetError,
+        DecodeError,
+        LabelerError,
+        StorageError,
+        ServiceError,
+        RegistryError,
+        OSError,
+    )
 
 
 def friendly_errors(fn: F) -> F:
@@ -66,20 +74,15 @@ def friendly_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _stage_name(default: str) -> str:
-    """The DVC stage running us (DVC sets ``DVC_STAGE``), else the command's own name."""
-    return os.environ.get("DVC_STAGE") or default
-
-
-def _section(model: Any) -> dict[str, Any]:
-    return model.model_dump(mode="json", by_alias=True)
+# Timings differ run to run; reports are DVC metrics and must be reproducible.
+_TIMINGS = ("seconds", "scenes_per_second", "samples_per_second")
 
 
 def _write_report(path: Path | None, report: dict[str, Any]) -> None:
     if path is not None:
         from fourm.io import atomic_write_json
 
-        atomic_write_json(path, report)
+        atomic_write_json(path, {k: v for k, v in report.items() if k not in _TIMINGS})
 
 
 # -- settings -------------------------------------------------------------------
@@ -147,16 +150,15 @@ def data_generate(
     report: Annotated[Path | None, typer.Option("--report")] = None,
 ) -> None:
     """Render the synthetic dataset (params: generate.*) into raw shards."""
-    from fourm.data.generate import run_generate
+    from fourm import stages
 
     params = load_params(params_file)
-    with recorded_run(get_settings(), _stage_name("generate"), _section(params.generate), []) as rec:
-        result = run_generate(params.generate, out_dir)
-        rec.output(dataset_artifact(out_dir, "dataset"))
+    result = stages.generate(params.generate, out_dir)
     _write_report(report, result.to_dict())
     out.print(
         f"generated {result.num_samples} scenes {result.splits} in {result.num_shards} shards "
-        f"({result.bytes / 1e6:.1f} MB) at {out_dir} — {result.scenes_per_second:.0f} scenes/s"
+        f"({result.bytes / 1e6:.1f} MB) at {out_dir} — {result.seconds:.1f} s, "
+        f"{result.scenes_per_second:.0f} scenes/s"
     )
 
 
@@ -205,16 +207,10 @@ def label_cmd(
     ] = None,
 ) -> None:
     """Pseudo-label the accepted raw samples with the labelers params.yaml selects."""
-    from fourm.labelers.stage import run_label
+    from fourm import stages
 
     params = load_params(params_file)
-    inputs = [
-        dataset_artifact(raw, "dataset"),
-        file_artifact(accepted, "validated dataset", f"{raw}-accepted"),
-    ]
-    with recorded_run(get_settings(), _stage_name("label"), _section(params.label), inputs) as rec:
-        result = run_label(params.label, raw, accepted, out_dir)
-        rec.output(dataset_artifact(out_dir, "label set"))
+    result = stages.label(params.label, raw, accepted, out_dir)
     _write_report(report, result.to_dict())
     if preview is not None:
         from fourm.data.preview import sample_grid
@@ -226,7 +222,7 @@ def label_cmd(
     names = sorted({p["name"] for p in result.labelers.values()})
     out.print(
         f"labeled {result.num_samples} samples in {result.num_shards} shards with "
-        f"{', '.join(names)} at {out_dir} ({result.samples_per_second:.0f} samples/s)"
+        f"{', '.join(names)} at {out_dir} — {result.seconds:.1f} s, {result.samples_per_second:.0f} samples/s"
     )
 
 
@@ -237,25 +233,20 @@ def validate_cmd(
     dataset: Annotated[Path, typer.Option("--dataset")],
     out_dir: Annotated[Path, typer.Option("--out")],
     source_manifest: Annotated[Path | None, typer.Option("--source-manifest")] = None,
+    docs: Annotated[Path | None, typer.Option("--docs", help="Folder for GX Data Docs (HTML).")] = None,
     params_file: ParamsOpt = Path("params.yaml"),
     report: Annotated[Path | None, typer.Option("--report")] = None,
 ) -> None:
     """Validate a dataset; quarantine bad samples; fail above validate.max_bad_fraction."""
-    from fourm.validation.stage import ValidationFailed, failure_report_path, run_validate
+    from fourm import stages
+    from fourm.validation.stage import ValidationFailed, failure_report_path
 
     if suite not in ("raw", "labeled"):
         err.print(f"[red]error:[/red] --suite must be raw or labeled, got {suite!r}")
         raise typer.Exit(2)
     params = load_params(params_file)
-    inputs = [dataset_artifact(dataset, "dataset" if suite == "raw" else "label set")]
-    if source_manifest is not None:
-        inputs.append(file_artifact(source_manifest, "validated dataset", f"{source_manifest.parent}"))
-    stage = _stage_name("validate" if suite == "raw" else "validate-labels")
     try:
-        with recorded_run(get_settings(), stage, _section(params.validate_), inputs) as rec:
-            result = run_validate(suite, params.validate_, dataset, out_dir, source_manifest)  # type: ignore[arg-type]
-            rec.output(file_artifact(out_dir / "manifest.parquet", "validated dataset", str(out_dir)))
-            rec.output(file_artifact(out_dir / "quarantine.json", "quarantine list", f"{out_dir}-quarantine"))
+        result = stages.validate(suite, params.validate_, dataset, out_dir, source_manifest, docs)  # type: ignore[arg-type]
     except ValidationFailed as failure:
         # Outputs stay untouched; the failed report goes where flows can publish it.
         from fourm.io import atomic_write_json

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from fourm.params import RegistryParams
@@ -50,6 +51,17 @@ def _get(s: Session, table: type[T], ident: int, what: str) -> T:
     return row
 
 
+def _insert_or_get(s: Session, row: T, query: Any) -> T:
+    """Insert ``row``; if a concurrent transaction inserted the same unique key first, return theirs."""
+    try:
+        with s.begin_nested():
+            s.add(row)
+            s.flush()
+        return row
+    except IntegrityError:
+        return s.scalars(query).one()
+
+
 def default_actor() -> str:
     try:
         return getpass.getuser()
@@ -62,7 +74,11 @@ class Registry:
 
     def __init__(self, url: str, gates: RegistryParams | None = None, engine: Engine | None = None):
         self.engine = engine or make_engine(url)
-        migrate(self.engine)
+        try:
+            migrate(self.engine)
+        except BaseException:
+            self.engine.dispose()
+            raise
         self.gates = gates or RegistryParams()
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
@@ -73,6 +89,12 @@ class Registry:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- artifacts and runs ---------------------------------------------------------
 
@@ -89,11 +111,12 @@ class Registry:
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
             raise RegistryError(f"artifact {name!r}: sha256 must be 64 lowercase hex digits, got {sha256!r}")
         with self._tx() as s:
-            row = s.scalars(select(Artifact).filter_by(kind=kind, name=name, sha256=sha256)).one_or_none()
-            if row is None:
-                row = Artifact(kind=kind, name=name, uri=uri, sha256=sha256, size=size, meta=metadata or {})
-                s.add(row)
-                s.flush()
+            query = select(Artifact).filter_by(kind=kind, name=name, sha256=sha256)
+            row = s.scalars(query).one_or_none() or _insert_or_get(
+                s,
+                Artifact(kind=kind, name=name, uri=uri, sha256=sha256, size=size, meta=metadata or {}),
+                query,
+            )
             return convert.artifact(row)
 
     def start_run(
@@ -291,6 +314,8 @@ class Registry:
         with self._tx() as s:
             model = self._lock_model(s, parsed.name)
             mv = self._resolve(s, parsed)
+            if mv.stage == to_stage:
+                raise RegistryError(f"{model.name}:{mv.version} is already in stage {to_stage!r}")
             current = self._in_stage(s, model.id, "production")
             results = evaluate_gates(self.gates, to_stage, convert.version(s, mv), self._maybe(s, current))
             failed = [k for k, r in results.items() if not r["passed"]]
@@ -299,7 +324,7 @@ class Registry:
                 raise GateFailed(
                     f"promotion of {model.name}:{mv.version} to {to_stage} refused: {detail}", results
                 )
-            return self._move(s, model, mv, to_stage, reason, actor, force and bool(failed), results)
+            return self._move(s, model, mv, to_stage, reason, actor, force, results)
 
     def rollback(self, name: str, reason: str | None = None, *, actor: str | None = None) -> PromotionInfo:
         """Re-promote the version that the current production version replaced."""
@@ -353,11 +378,11 @@ class Registry:
         check_alias(alias)
         with self._tx() as s:
             mv = self._resolve(s, ref)
-            row = s.get(ModelAlias, (mv.model_id, alias))
-            if row is None:
-                s.add(ModelAlias(model_id=mv.model_id, alias=alias, model_version_id=mv.id))
-            else:
-                row.model_version_id = mv.id
+            query = select(ModelAlias).filter_by(model_id=mv.model_id, alias=alias).with_for_update()
+            row = s.scalars(query).one_or_none() or _insert_or_get(
+                s, ModelAlias(model_id=mv.model_id, alias=alias, model_version_id=mv.id), query
+            )
+            row.model_version_id = mv.id
             s.flush()
             return convert.version(s, mv)
 
@@ -453,6 +478,7 @@ class Registry:
             if current is not None and current.id != mv.id:
                 current.stage = "archived"
                 replaced = current.id
+                s.flush()  # archive first: the one-production index never sees two
         event = PromotionEvent(
             model_version_id=mv.id,
             from_stage=mv.stage,
@@ -501,11 +527,7 @@ class Registry:
         q = select(Model).filter_by(name=name).with_for_update()
         model = s.scalars(q).one_or_none()
         if model is None and create:
-            # A unique name: a concurrent creator makes this insert fail, and its
-            # transaction's retry finds the row.
-            model = Model(name=name)
-            s.add(model)
-            s.flush()
+            model = _insert_or_get(s, Model(name=name), q)
         if model is None:
             raise NotFound(f"unknown model {name!r}")
         return model

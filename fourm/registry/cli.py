@@ -40,7 +40,7 @@ def _errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (RegistryError, ParamsError) as e:
+        except (RegistryError, ParamsError, OSError) as e:
             err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except SQLAlchemyError as e:

@@ -8,6 +8,7 @@ fourm) is refused rather than touched.
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -33,6 +34,11 @@ def alembic_config(engine: Engine | None = None) -> Config:
     return cfg
 
 
+def mask_url(url: str) -> str:
+    """Hide a password in a URL that may not even parse (``scheme://user:secret@host``)."""
+    return re.sub(r"([^:/@\s]+:)[^@/\s]+@", r"\1***@", url)
+
+
 def head_revision() -> str:
     return ScriptDirectory.from_config(alembic_config()).get_current_head() or ""
 
@@ -55,14 +61,16 @@ def make_engine(url: str) -> Engine:
     """An engine for ``url``; a malformed URL is a ``RegistryError``."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise RegistryError(f"registry URL {url!r} is not a valid SQLAlchemy URL") from None
+    except (ArgumentError, ValueError):
+        raise RegistryError(f"registry URL {mask_url(url)!r} is not a valid SQLAlchemy URL") from None
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             try:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             except OSError as err:
-                raise RegistryError(f"registry database {url}: cannot create its folder: {err}") from None
+                raise RegistryError(
+                    f"registry database {mask_url(url)}: cannot create its folder: {err}"
+                ) from None
         engine = create_engine(parsed, poolclass=NullPool)
         _sqlite_serialising(engine)
         return engine
@@ -71,7 +79,7 @@ def make_engine(url: str) -> Engine:
             parsed, pool_pre_ping=True, connect_args=_connect_args(parsed.get_backend_name())
         )
     except (ArgumentError, ImportError) as err:
-        raise RegistryError(f"registry URL {parsed.render_as_string()}: {err}") from None
+        raise RegistryError(f"registry URL {parsed.render_as_string(hide_password=True)}: {err}") from None
 
 
 def _connect_args(backend: str) -> dict:

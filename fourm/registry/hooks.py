@@ -10,6 +10,7 @@ with the error and re-raises.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fourm.data.format import DATASET_CARD
+from fourm.data.format import DATASET_CARD, DatasetError
 from fourm.io import canonical_json, sha256_bytes, sha256_file
 from fourm.registry.api import Registry
 from fourm.settings import Settings
@@ -41,7 +42,10 @@ class ArtifactSpec:
 def dataset_artifact(path: Path, kind: str) -> ArtifactSpec:
     """A dataset directory as an artifact: its card's sha256 covers every shard and the manifest."""
     card_path = Path(path) / DATASET_CARD
-    card = json.loads(card_path.read_text())
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, ValueError) as err:
+        raise DatasetError(f"{card_path}: not a finished dataset ({err.__class__.__name__})") from None
     return ArtifactSpec(
         kind=kind,
         name=str(card.get("name", Path(path).name)),
@@ -122,7 +126,9 @@ def recorded_run(
         try:
             yield recorder
         except BaseException as error:
-            registry.finish_run(run_id, "failed", f"{type(error).__name__}: {error}"[:4000])
+            # never hide the stage's own error behind the registry's
+            with contextlib.suppress(Exception):
+                registry.finish_run(run_id, "failed", f"{type(error).__name__}: {error}"[:4000])
             raise
         registry.link(run_id, outputs=[_register(registry, spec) for spec in recorder.outputs])
         registry.finish_run(run_id, "succeeded")

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -101,6 +102,14 @@ class ModelVersion(Base):
     __table_args__ = (
         UniqueConstraint("model_id", "version", name="uq_model_version"),
         Index("ix_model_version_stage", "model_id", "stage"),
+        # The database itself guarantees at most one production version per model.
+        Index(
+            "uq_model_version_one_production",
+            "model_id",
+            unique=True,
+            sqlite_where=text("stage = 'production'"),
+            postgresql_where=text("stage = 'production'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,7 @@ def run_suite(
         result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["id"]},
     )
     if docs_dir is not None:
+        shutil.rmtree(docs_dir, ignore_errors=True)  # one run's pages, not an accumulation
         context.build_data_docs(site_names=[_SITE])
 
     by_rule = {r.expectation_config.meta["rule"]: r for r in result.results}

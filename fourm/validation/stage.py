@@ -2,8 +2,8 @@
 
 Outputs (all or nothing) in ``out_dir``: ``manifest.parquet`` with the accepted
 samples' manifest rows (what downstream stages read), ``quarantine.json`` with
-every rejected sample and the rules it broke, ``report.json``, and GX Data Docs
-under ``docs/``. Above ``max_bad_fraction`` the stage writes nothing and raises
+every rejected sample and the rules it broke, and ``report.json``; GX Data Docs
+go to a separate ``docs_dir``. Above ``max_bad_fraction`` the stage writes nothing and raises
 ``ValidationFailed`` naming the rules that failed.
 """
 
@@ -64,7 +64,6 @@ class ValidationReport:
             "bad_fraction": self.bad_fraction,
             "max_bad_fraction": self.max_bad_fraction,
             "passed": self.passed,
-            "seconds": self.seconds,
             "rules": [r.to_dict() for r in self.rules],
             "quarantined": self.quarantined,
             "docs": self.docs,
@@ -103,11 +102,14 @@ def run_validate(
     dataset_dir: Path,
     out_dir: Path,
     source_manifest: Path | None = None,
+    docs_dir: Path | None = None,
 ) -> ValidationReport:
     """Validate ``dataset_dir`` with the ``suite`` rules; write accepted manifest to ``out_dir``.
 
     For the labeled suite, ``source_manifest`` is the accepted raw manifest the
-    labels must belong to.
+    labels must belong to. GX Data Docs go to ``docs_dir`` (built also when the
+    validation fails, since that is when people read them); they are a view, not
+    an output, because GX stamps them with times and random ids.
     """
     start = time.perf_counter()
     ds = Dataset.open(dataset_dir)
@@ -124,7 +126,7 @@ def run_validate(
 
     rows = ds.rows
     with atomic_output_dir(out_dir) as scratch:
-        results = run_suite(f"{suite}_samples", rules, rows_stats, scratch / "docs", params.max_examples)
+        results = run_suite(f"{suite}_samples", rules, rows_stats, docs_dir, params.max_examples)
         quarantined = _quarantine(rows, results)
         bad_ids = {q["id"] for q in quarantined}
         n = len(rows)
@@ -140,11 +142,10 @@ def run_validate(
             seconds=0.0,
             rules=results,
             quarantined=quarantined,
-            docs=str(out_dir / "docs" / "index.html"),
+            docs=str(Path(docs_dir) / "index.html") if docs_dir else None,
         )
         report.seconds = round(time.perf_counter() - start, 3)
         if not report.passed:
-            report.docs = None
             raise ValidationFailed(report)
         write_manifest(scratch / "manifest.parquet", [r for r in rows if r["id"] not in bad_ids])
         atomic_write_json(scratch / "quarantine.json", quarantined)

@@ -79,4 +79,8 @@ def _check_registry_records(url: str, ws: Path) -> None:
     graph = reg.lineage(f"artifact:{validated[0].id}", "upstream")
     assert f"artifact:{outputs[0].id}" in graph.nodes
     assert any(n.label.startswith(f"run {runs['label'].id} label") for n in graph.nodes.values())
+    # the label run read exactly what the validate run wrote (one artifact, one lineage chain)
+    validated_raw = reg.run_io(runs["validate"].id)[1]
+    label_inputs = reg.run_io(runs["label"].id)[0]
+    assert {a.id for a in validated_raw if a.kind == "validated dataset"} <= {a.id for a in label_inputs}
     reg.close()

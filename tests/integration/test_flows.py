@@ -131,4 +131,6 @@ def test_stage_flow_with_typed_params(prefect_server: None, tmp_path: Path) -> N
     assert report["passed"] and report["num_samples"] == 6
     bad = generate_flow(params={"num_scenes": 0}, out_dir=str(tmp_path / "x"), return_state=True)
     assert bad.is_failed() and "num_scenes" in str(bad.message)
-    assert GenerateParams  # typed model is the flow's parameter schema
+    # the flow's parameter schema is the params model, so the UI form shows its fields
+    schema = generate_flow.parameters.model_dump()["definitions"]
+    assert set(GenerateParams.model_fields) <= set(schema["GenerateParams"]["properties"])

@@ -158,6 +158,8 @@ def test_production_is_unique_and_rollback_restores_previous(reg: Registry) -> N
         reg.rollback("demo")
     with pytest.raises(RegistryError, match="unknown stage 'prod'"):
         reg.promote("demo:3", "prod")
+    with pytest.raises(RegistryError, match="already in stage 'archived'"):
+        reg.promote("demo:1", "archived")
 
 
 def test_gates_thresholds_and_not_worse_than_production(registry_url: str) -> None:
@@ -273,3 +275,45 @@ def test_diff_and_card(reg: Registry) -> None:
     assert "| loss | 1.5 | 4.1 |" in card
     assert "erin" in card and "best loss" in card and '"lr": 0.0003' in card
     assert sha("t2")[:16] in card
+
+
+def test_concurrent_first_registrations_of_a_new_model(registry_url: str) -> None:
+    """16 writers register versions of a model that does not exist yet: 16 distinct versions."""
+    Registry(registry_url).close()
+    barrier = threading.Barrier(16)
+    versions: list[int] = []
+    errors: list[BaseException] = []
+
+    def register(i: int) -> None:
+        with Registry(registry_url) as r:
+            ck = r.register_artifact("checkpoint", "shared", "s3://b/shared.pt", sha("shared"), 1)
+            try:
+                barrier.wait()
+                versions.append(r.register_model_version("fresh", ck.id).version)
+            except BaseException as e:  # noqa: BLE001 - asserted below
+                errors.append(e)
+
+    threads = [threading.Thread(target=register, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert sorted(versions) == list(range(1, 17))
+
+
+def test_database_enforces_one_production_version(registry_url: str) -> None:
+    from sqlalchemy import update
+    from sqlalchemy.exc import IntegrityError
+    from sqlalchemy.orm import Session
+
+    from fourm.registry.models import ModelVersion
+
+    reg = Registry(registry_url)
+    _version(reg, 1)
+    _version(reg, 2)
+    reg.promote("demo:1", "production")
+    with Session(reg.engine) as s, pytest.raises(IntegrityError):  # bypassing the API
+        s.execute(update(ModelVersion).where(ModelVersion.version == 2).values(stage="production"))
+        s.commit()
+    reg.close()

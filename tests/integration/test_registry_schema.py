@@ -28,7 +28,7 @@ def test_upgrade_from_empty_database_matches_the_models(registry_url: str) -> No
     engine = make_engine(registry_url)
     assert current_revision(engine) is None
     Registry(registry_url, engine=engine)
-    assert current_revision(engine) == head_revision() == "0002"
+    assert current_revision(engine) == head_revision() == "0003"
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     assert diff == [], f"models and migrations disagree: {diff}"
@@ -40,7 +40,7 @@ def test_upgrade_from_previous_head_keeps_data(registry_url: str) -> None:
     with engine.begin() as conn:
         cfg = alembic_config()
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0001")
+        command.upgrade(cfg, "0002")
     with engine.begin() as conn:
         conn.execute(
             text(
@@ -111,6 +111,8 @@ def test_cli_reports_bad_input_in_one_line(registry_url: str) -> None:
         ("postgresql+psycopg://postgres@127.0.0.1:1/nowhere", "unreachable"),
         ("not a url", "is not a valid SQLAlchemy URL"),
         ("sqlite:////proc/forbidden/registry.db", "registry database"),
+        ("postgresql+psycopg://u:pw@127.0.0.1:notaport/db", "not a valid SQLAlchemy URL"),
+        ("postgresql+psycopg//u:s3cret-pw@host/db", "not a valid SQLAlchemy URL"),
     ],
 )
 def test_cli_unusable_database_is_one_line_not_a_traceback(url: str, expected: str, tmp_path: Path) -> None:
@@ -125,6 +127,7 @@ def test_cli_unusable_database_is_one_line_not_a_traceback(url: str, expected: s
     assert proc.returncode == 1
     assert expected in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "s3cret-pw" not in proc.stderr + proc.stdout
 
 
 def test_cli_register_from_files(registry_url: str, tmp_path: Path) -> None:
@@ -164,3 +167,5 @@ def test_cli_register_from_files(registry_url: str, tmp_path: Path) -> None:
         url=registry_url,
     )
     assert code == 1 and "metrics must be a JSON object" in output
+    code, output = _cli("register", "tiny", "--checkpoint", str(tmp_path / "missing.pt"), url=registry_url)
+    assert code == 1 and "missing.pt" in output and "Traceback" not in output
