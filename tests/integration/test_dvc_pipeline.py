@@ -38,7 +38,9 @@ def test_repro_push_delete_pull_restores_identical_bytes(s3_settings: Settings, 
     _check_registry_records(env["FOURM_REGISTRY_URL"], ws)
 
     before = _hashes(ws)
-    assert any(k.endswith(".tar") for k in before) and any("docs" in k for k in before)
+    assert any(k.endswith(".tar") for k in before) and any(k.endswith("quarantine.json") for k in before)
+    assert (ws / "reports" / "validate_raw_docs" / "index.html").exists()  # Data Docs: a view, not an output
+    assert (ws / "reports" / "label_samples.png").read_bytes()[:4] == b"\x89PNG"
     run(["dvc", "push"], ws, env)
 
     shutil.rmtree(ws / ".dvc" / "cache")

@@ -43,13 +43,15 @@ def _rule(report, name: str):  # noqa: ANN001
 
 
 def test_clean_dataset_passes_every_rule(clean: dict[str, Path], tmp_path: Path) -> None:
-    raw = run_validate("raw", ValidateParams(), clean["raw"], tmp_path / "raw")
+    raw = run_validate("raw", ValidateParams(), clean["raw"], tmp_path / "raw", docs_dir=tmp_path / "docs")
     lab = run_validate("labeled", ValidateParams(), clean["labels"], tmp_path / "lab", clean["accepted"])
     for report in (raw, lab):
         assert report.passed and report.num_bad == 0
         assert all(r.failed == 0 and r.checked == 30 for r in report.rules), report.summary()
     assert len(_ids(tmp_path / "lab")) == 30
-    assert (tmp_path / "raw" / "docs" / "index.html").exists()
+    assert raw.docs == str(tmp_path / "docs" / "index.html")
+    pages = list((tmp_path / "docs" / "validations").rglob("*.html"))
+    assert pages and "caption_chars" in pages[0].read_text()  # the rendered expectation
 
 
 def _plant_raw(clean: dict[str, Path], tmp_path: Path, defect: str) -> tuple[Path, str]:
