@@ -41,10 +41,16 @@ def atomic_output_dir(path: Path | str) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
-    if path.exists():
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    os.chmod(scratch, 0o755)
+    if not path.exists():
+        os.replace(scratch, path)
+        return
+    # Move the old output aside first, so that at every instant either it or the
+    # new one is complete at ``path`` (a crash in between leaves the aside copy).
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+    os.replace(path, aside / path.name)
     os.replace(scratch, path)
-    os.chmod(path, 0o755)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:

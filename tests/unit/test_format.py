@@ -94,3 +94,19 @@ def test_failed_generation_leaves_no_output(tmp_path: Path, monkeypatch: pytest.
     with pytest.raises(RuntimeError, match="exploded"):
         run_generate(GenerateParams(num_scenes=8, workers=1), tmp_path / "raw")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_output_replaces_whole_or_not_at_all(tmp_path: Path) -> None:
+    from fourm.io import atomic_output_dir
+
+    target = tmp_path / "out"
+    with atomic_output_dir(target) as scratch:
+        (scratch / "a.txt").write_text("first")
+    with pytest.raises(RuntimeError), atomic_output_dir(target) as scratch:
+        (scratch / "a.txt").write_text("half")
+        raise RuntimeError("stage failed")
+    assert (target / "a.txt").read_text() == "first"
+    with atomic_output_dir(target) as scratch:
+        (scratch / "b.txt").write_text("second")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no scratch or aside copies left
