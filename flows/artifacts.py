@@ -53,11 +53,11 @@ def publish_validation(report: dict[str, Any], stage: str) -> None:
     create_markdown_artifact(key=artifact_key(stage, "summary"), markdown="\n".join(lines))
 
 
-def publish_image(path: Path, stage: str, title: str) -> None:
+def publish_image(path: Path, stage: str, title: str, key_suffix: str = "preview") -> None:
     """A PNG as a markdown artifact: embedded (data URI) and with its path."""
     data = base64.b64encode(path.read_bytes()).decode()
     create_markdown_artifact(
-        key=artifact_key(stage, "preview"),
+        key=artifact_key(stage, key_suffix),
         markdown=f"# {title}\n\n`{path}`\n\n![{title}](data:image/png;base64,{data})",
         description=title,
     )
@@ -70,3 +70,17 @@ def publish_stage_report(report: dict[str, Any], stage: str) -> None:
         for k, v in report.items()
     ]
     create_table_artifact(key=artifact_key(stage, "report"), table=rows, description=f"{stage} report")
+
+
+def publish_tokenizer_eval(report: dict[str, Any], stage: str) -> None:
+    """One table row per tokenizer with its reconstruction metrics and codebook usage."""
+    rows = []
+    for name, metrics in report["tokenizers"].items():
+        row: dict[str, Any] = {"tokenizer": name}
+        row.update({k: v for k, v in metrics.items() if isinstance(v, int | float) and k != "samples"})
+        rows.append(row)
+    create_table_artifact(
+        key=artifact_key(stage, "metrics"),
+        table=rows,
+        description=f"tokenize -> detokenize on the {report['split']} split",
+    )

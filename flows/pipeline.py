@@ -23,7 +23,7 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
-from flows.artifacts import publish_image, publish_stage_report, publish_validation
+from flows.artifacts import publish_image, publish_stage_report, publish_tokenizer_eval, publish_validation
 from fourm.io import canonical_json, sha256_bytes
 from fourm.registry.api import Registry
 from fourm.registry.hooks import FLOW_RUN_ENV
@@ -83,21 +83,47 @@ def _outputs(entries: list) -> list[Path]:
     return [Path(next(iter(e)) if isinstance(e, dict) else e) for e in entries or []]
 
 
+def _substitute(value: Any, item: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("${item}", str(item))
+    if isinstance(value, list):
+        return [_substitute(v, item) for v in value]
+    if isinstance(value, dict):
+        return {_substitute(k, item): _substitute(v, item) for k, v in value.items()}
+    return value
+
+
+def dvc_stages(workspace: Path) -> dict[str, dict[str, Any]]:
+    """dvc.yaml's stages in file order, ``foreach`` stages expanded to ``name@item`` as DVC names them."""
+    spec = yaml.safe_load((workspace / "dvc.yaml").read_text())
+    stages: dict[str, dict[str, Any]] = {}
+    for name, stage in spec["stages"].items():
+        if "foreach" in stage:
+            for item in stage["foreach"]:
+                stages[f"{name}@{item}"] = _substitute(stage["do"], item)
+        else:
+            stages[name] = stage
+    return stages
+
+
 def stage_plots(workspace: Path) -> dict[str, list[Path]]:
     """Stage name -> its plots files from dvc.yaml."""
-    spec = yaml.safe_load((workspace / "dvc.yaml").read_text())
-    return {name: _outputs(stage.get("plots")) for name, stage in spec["stages"].items()}
+    return {name: _outputs(stage.get("plots")) for name, stage in dvc_stages(workspace).items()}
 
 
 def stage_reports(workspace: Path) -> dict[str, Path]:
     """Stage name -> its report (the first metrics file) from dvc.yaml, in DAG order."""
-    spec = yaml.safe_load((workspace / "dvc.yaml").read_text())
-    return {name: next(iter(_outputs(stage.get("metrics"))), None) for name, stage in spec["stages"].items()}
+    return {
+        name: next(iter(_outputs(stage.get("metrics"))), None)
+        for name, stage in dvc_stages(workspace).items()
+    }
 
 
 def _publish(report: dict[str, Any], stage: str) -> None:
     if "suite" in report and "rules" in report:
         publish_validation(report, stage)
+    elif "tokenizers" in report and "split" in report:
+        publish_tokenizer_eval(report, stage)
     else:
         publish_stage_report(report, stage)
 
@@ -118,7 +144,7 @@ def run_stage(stage: str, workspace: str, report: str | None) -> dict[str, Any] 
     _record_lock_entry(ws, stage)
     for plot in stage_plots(ws).get(stage, []):
         if plot.suffix == ".png" and (ws / plot).exists():
-            publish_image(ws / plot, stage, f"{stage}: {plot.name}")
+            publish_image(ws / plot, stage, f"{stage}: {plot.name}", key_suffix=plot.stem)
     if report and (ws / report).exists():
         data = json.loads((ws / report).read_text())
         _publish(data, stage)

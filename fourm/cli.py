@@ -31,6 +31,10 @@ app.add_typer(services_app, name="services")
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
 app.add_typer(registry_app, name="registry")
+tokenizer_app = typer.Typer(help="Tokenizers: train one, evaluate all.", no_args_is_help=True)
+tokens_app = typer.Typer(help="Token sets: validate.", no_args_is_help=True)
+app.add_typer(tokenizer_app, name="tokenizer")
+app.add_typer(tokens_app, name="tokens")
 
 out = Console()
 err = Console(stderr=True)
@@ -42,10 +46,13 @@ ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read."
 def _known_errors() -> tuple[type[BaseException], ...]:
     from fourm.data.codecs import DecodeError
     from fourm.data.format import DatasetError
+    from fourm.data.token_shards import TokenSetError
     from fourm.labelers.base import LabelerError
+    from fourm.modalities import ModalityError
     from fourm.registry.errors import RegistryError
     from fourm.services import ServiceError
     from fourm.storage.object_store import StorageError
+    from fourm.tokenizers.base import TokenizerError
 
     # OSError last: a missing or unwritable file the user named is bad input, not a bug.
     return (
@@ -56,6 +63,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         StorageError,
         ServiceError,
         RegistryError,
+        TokenizerError,
+        TokenSetError,
+        ModalityError,
         OSError,
     )
 
@@ -75,14 +85,23 @@ def friendly_errors(fn: F) -> F:
 
 
 # Timings differ run to run; reports are DVC metrics and must be reproducible.
-_TIMINGS = ("seconds", "scenes_per_second", "samples_per_second")
+_TIMINGS = ("seconds", "scenes_per_second", "samples_per_second", "images_per_second")
+
+
+def _without_timings(report: Any) -> Any:
+    """``report`` with run-to-run timings removed at every level (reports are DVC metrics)."""
+    if isinstance(report, dict):
+        return {k: _without_timings(v) for k, v in report.items() if k not in _TIMINGS}
+    if isinstance(report, list):
+        return [_without_timings(v) for v in report]
+    return report
 
 
 def _write_report(path: Path | None, report: dict[str, Any]) -> None:
     if path is not None:
         from fourm.io import atomic_write_json
 
-        atomic_write_json(path, {k: v for k, v in report.items() if k not in _TIMINGS})
+        atomic_write_json(path, _without_timings(report))
 
 
 # -- settings -------------------------------------------------------------------
@@ -261,6 +280,124 @@ def validate_cmd(
     out.print(result.summary(), highlight=False)
 
 
+# -- tokenizers / tokenize ------------------------------------------------------
+
+RawOpt = Annotated[Path, typer.Option("--raw", help="Raw dataset directory.")]
+LabelsOpt = Annotated[Path, typer.Option("--labels", help="Label set directory.")]
+AcceptedOpt = Annotated[
+    Path, typer.Option("--accepted", help="Manifest of the samples that passed label validation.")
+]
+TokenizersOpt = Annotated[Path, typer.Option("--tokenizers", help="Root of the trained tokenizers.")]
+
+
+def _dataset_inputs(raw: Path, labels: Path, accepted: Path) -> Any:
+    from fourm.data.samples import DatasetInputs
+
+    return DatasetInputs(raw, labels, accepted)
+
+
+@tokenizer_app.command("train")
+@friendly_errors
+def tokenizer_train(
+    name: Annotated[str, typer.Argument(help="rgb, depth, normal, semseg (VQ-VAEs) or text.")],
+    params_file: ParamsOpt = Path("params.yaml"),
+    raw: RawOpt = Path("data/raw"),
+    labels: LabelsOpt = Path("data/labels"),
+    accepted: AcceptedOpt = Path("data/labels_validated/manifest.parquet"),
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Default: data/tokenizers/NAME.")] = None,
+    report: Annotated[Path | None, typer.Option("--report")] = None,
+    history: Annotated[Path | None, typer.Option("--history", help="Loss history CSV (a DVC plot).")] = None,
+) -> None:
+    """Train one tokenizer on the train split (params: tokenizers.*)."""
+    from fourm import stages
+
+    params = load_params(params_file)
+    target = out_dir or Path("data/tokenizers") / name
+    result = stages.train_tokenizer(
+        name, params.tokenizers, _dataset_inputs(raw, labels, accepted), target, history
+    )
+    _write_report(report, result.to_dict())
+    extra = result.details.get("final_loss")
+    out.print(
+        f"trained tokenizer {name} ({result.kind}, vocab {result.vocab_size}) "
+        f"on {result.train_samples} samples "
+        f"at {target} — {result.seconds:.1f} s" + (f", final loss {extra}" if extra is not None else "")
+    )
+
+
+@tokenizer_app.command("eval")
+@friendly_errors
+def tokenizer_eval(
+    params_file: ParamsOpt = Path("params.yaml"),
+    raw: RawOpt = Path("data/raw"),
+    labels: LabelsOpt = Path("data/labels"),
+    accepted: AcceptedOpt = Path("data/labels_validated/manifest.parquet"),
+    tokenizers: TokenizersOpt = Path("data/tokenizers"),
+    report: Annotated[Path | None, typer.Option("--report")] = None,
+    preview_dir: Annotated[
+        Path | None, typer.Option("--preview-dir", help="Write recon_<modality>.png grids here.")
+    ] = None,
+) -> None:
+    """Tokenize -> detokenize the evaluation split; reconstruction metrics and codebook usage."""
+    from fourm import stages
+
+    params = load_params(params_file)
+    result = stages.eval_tokenizers(
+        params.tokenizers, _dataset_inputs(raw, labels, accepted), tokenizers, preview_dir
+    )
+    _write_report(report, result)
+    table = Table("tokenizer", "metrics", title=f"tokenizers on the {result['split']} split")
+    for name, metrics in result["tokenizers"].items():
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, int | float))
+        table.add_row(name, shown)
+    out.print(table)
+
+
+@app.command("tokenize")
+@friendly_errors
+def tokenize_cmd(
+    params_file: ParamsOpt = Path("params.yaml"),
+    raw: RawOpt = Path("data/raw"),
+    labels: LabelsOpt = Path("data/labels"),
+    accepted: AcceptedOpt = Path("data/labels_validated/manifest.parquet"),
+    tokenizers: TokenizersOpt = Path("data/tokenizers"),
+    out_dir: Annotated[Path, typer.Option("--out")] = Path("data/tokens"),
+    report: Annotated[Path | None, typer.Option("--report")] = None,
+) -> None:
+    """Encode every accepted sample with every tokenizer into token shards (and publish them to S3)."""
+    from fourm import stages
+
+    params = load_params(params_file)
+    result = stages.tokenize(params.tokenize, _dataset_inputs(raw, labels, accepted), tokenizers, out_dir)
+    _write_report(
+        report, {k: v for k, v in result.to_dict().items() if k not in ("encoded_shards", "reused_shards")}
+    )
+    where = f", published to {result.published}" if result.published else ""
+    out.print(
+        f"tokenized {result.num_samples} samples {result.splits} into {result.num_shards} shards "
+        f"({result.bytes / 1e6:.1f} MB; {result.encoded_shards} encoded, {result.reused_shards} reused) at "
+        f"{out_dir}{where} — {result.seconds:.1f} s, {result.samples_per_second:.0f} samples/s",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@tokens_app.command("validate")
+@friendly_errors
+def tokens_validate(
+    location: Annotated[str, typer.Argument(help="Token set directory or s3:// URI.")],
+) -> None:
+    """Check every shard of a token set: sha256, shapes, token ids inside each vocabulary."""
+    from fourm.data.token_shards import validate_token_set
+
+    result = validate_token_set(location)
+    for problem in result["problems"]:
+        err.print(f"[red]problem:[/red] {problem}", highlight=False, soft_wrap=True)
+    if not result["ok"]:
+        raise typer.Exit(1)
+    out.print(f"{location}: {result['num_samples']} samples in {result['shards']} shards, all valid")
+
+
 # -- bench ----------------------------------------------------------------------
 
 
@@ -281,6 +418,44 @@ def bench_data(
         r = result[key]
         table.add_row(f"{key} scenes/s", f"{r['median']:.1f}", f"{r['min']:.1f}", f"{r['max']:.1f}")
     out.print(table)
+    print(json.dumps(result))
+
+
+@bench_app.command("tokenize")
+def bench_tokenize_cmd(
+    tokenizers: TokenizersOpt = Path("data/tokenizers"),
+    batch_size: Annotated[int, typer.Option()] = 64,
+    repeats: Annotated[int, typer.Option()] = 5,
+) -> None:
+    """Images/s through each image tokenizer's encoder (and decoder), on random inputs."""
+    from fourm.tokenizers.bench import bench_tokenizers
+
+    result = bench_tokenizers(tokenizers, batch_size, repeats)
+    table = Table("tokenizer", "encode images/s", "decode images/s", title="tokenizers, median over repeats")
+    for name, r in result["tokenizers"].items():
+        table.add_row(name, f"{r['encode']['median']:.0f}", f"{r['decode']['median']:.0f}")
+    out.print(table)
+    print(json.dumps(result))
+
+
+@bench_app.command("loader")
+def bench_loader_cmd(
+    location: Annotated[
+        str | None, typer.Option("--tokens", help="Token set dir or s3:// URI; default: a synthetic set.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option()] = 32,
+    workers: Annotated[int, typer.Option()] = 2,
+    batches: Annotated[int, typer.Option()] = 200,
+    repeats: Annotated[int, typer.Option()] = 5,
+) -> None:
+    """Samples/s of the token-shard loader (local disk or S3)."""
+    from fourm.data.loader_bench import bench_loader
+
+    result = bench_loader(
+        location, batch_size=batch_size, num_workers=workers, batches=batches, repeats=repeats
+    )
+    r = result["samples_per_s"]
+    out.print(f"loader: median {r['median']:,.0f} samples/s (min {r['min']:,.0f}, max {r['max']:,.0f})")
     print(json.dumps(result))
 
 

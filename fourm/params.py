@@ -7,7 +7,7 @@ the dotted key path, e.g. ``params.yaml: generate.resolution: ...``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -81,6 +81,100 @@ class ValidateParams(StrictModel):
     max_examples: int = Field(10, ge=1, description="Failing sample ids listed per rule.")
 
 
+class VQVAEParams(StrictModel):
+    """VQ-VAE tokenizer architecture and training budget (per image-like modality)."""
+
+    quantizer: Literal["vq", "fsq"] = "vq"
+    downsample: int = Field(8, description="Pixels per token side: 64x64 -> 8x8 tokens.")
+    patch: int = Field(2, ge=1, description="Pixels folded into channels before the first conv.")
+    width: int = Field(32, ge=8, description="Channels after the stem (x2, x4 further down).")
+    code_dim: int = Field(32, ge=2)
+    fsq_levels: tuple[int, ...] = Field(
+        (4, 4, 4, 4, 4), description="FSQ levels; their product is the vocab."
+    )
+    ema_decay: float = Field(0.99, gt=0, lt=1)
+    dead_code_threshold: float = Field(
+        0.1, ge=0, description="EMA hits per batch below which a code restarts."
+    )
+    commitment: float = Field(0.25, ge=0)
+    steps: int = Field(2000, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    flip: bool = Field(True, description="Random left-right mirroring while training.")
+    bf16: bool = Field(True, description="bf16 autocast (CPU with AMX, or GPU).")
+    seed: int = Field(0, ge=0)
+    log_every: int = Field(25, ge=1)
+    checkpoint_every: int = Field(500, ge=1)
+
+    @model_validator(mode="after")
+    def _power_of_two(self) -> VQVAEParams:
+        if self.downsample < 2 or self.downsample & (self.downsample - 1):
+            raise ValueError(f"downsample must be a power of two >= 2, got {self.downsample}")
+        return self
+
+
+class TextParams(StrictModel):
+    """The WordPiece text tokenizer (captions) and the box sequences sharing its vocabulary."""
+
+    vocab_size: int = Field(
+        8192, ge=1, le=8192, description="WordPiece trainer maximum, special tokens and alphabet included."
+    )
+    min_frequency: int = Field(1, ge=1, description="A merge must occur this often to be learned.")
+    num_sentinels: int = Field(32, ge=0, le=1000, description="T5 sentinels [S_i] for span masking.")
+    coord_bins: int = Field(
+        65,
+        ge=2,
+        le=4097,
+        description="Box coordinate bins; resolution + 1 gives every pixel edge its own bin.",
+    )
+
+
+class TokenizersParams(StrictModel):
+    """Tokenizer training and evaluation."""
+
+    vqvae: VQVAEParams = VQVAEParams()
+    overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="modality -> VQ-VAE params that differ from `vqvae`"
+    )
+    text: TextParams = TextParams()
+    eval_split: Literal["train", "val", "test"] = "val"
+    eval_preview_samples: int = Field(8, ge=1, description="Rows in each reconstruction grid PNG.")
+
+    def vqvae_for(self, modality: str) -> VQVAEParams:
+        """The VQ-VAE params of ``modality``: ``vqvae`` with its overrides applied (validated)."""
+        merged = {**self.vqvae.model_dump(), **self.overrides.get(modality, {})}
+        return VQVAEParams.model_validate(merged)
+
+    @model_validator(mode="after")
+    def _overrides_valid(self) -> TokenizersParams:
+        for modality in self.overrides:
+            try:
+                self.vqvae_for(modality)
+            except ValidationError as err:
+                first = err.errors()[0]
+                loc = ".".join(str(p) for p in first["loc"])
+                raise ValueError(f"overrides.{modality}.{loc}: {first['msg']}") from None
+        return self
+
+
+TokenModality = Literal["rgb", "depth", "normal", "semseg", "caption", "boxes"]
+
+
+class TokenizeParams(StrictModel):
+    """The tokenize stage: which modalities become token shards."""
+
+    modalities: tuple[TokenModality, ...] = ("rgb", "depth", "normal", "semseg", "caption", "boxes")
+    publish: bool = Field(True, description="Also upload the token set to the tokens bucket in S3.")
+
+    @model_validator(mode="after")
+    def _unique(self) -> TokenizeParams:
+        if len(set(self.modalities)) != len(self.modalities) or not self.modalities:
+            raise ValueError(f"modalities must be distinct and non-empty, got {list(self.modalities)}")
+        return self
+
+
 class MetricBounds(StrictModel):
     """Bounds a metric must meet; either side may be open."""
 
@@ -107,6 +201,8 @@ class Params(StrictModel):
     label: LabelParams = LabelParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     registry: RegistryParams = RegistryParams()
+    tokenizers: TokenizersParams = TokenizersParams()
+    tokenize: TokenizeParams = TokenizeParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

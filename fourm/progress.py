@@ -24,6 +24,10 @@ from rich.progress import (
 T = TypeVar("T")
 
 
+def _fmt(rate: float) -> str:
+    return f"{rate:,.0f}" if rate >= 10 else f"{rate:.2g}"
+
+
 def track(items: Iterable[T], total: int, description: str, unit: str = "samples") -> Iterator[T]:
     """Yield ``items`` while showing progress on stderr."""
     if sys.stderr.isatty():
@@ -42,7 +46,7 @@ def track(items: Iterable[T], total: int, description: str, unit: str = "samples
             for i, item in enumerate(items, 1):
                 yield item
                 rate = i / max(time.perf_counter() - start, 1e-9)
-                bar.update(task, advance=1, rate=f"{rate:,.0f} {unit}/s")
+                bar.update(task, advance=1, rate=f"{_fmt(rate)} {unit}/s")
         return
     start = time.perf_counter()
     step = max(1, -(-total // 10))
@@ -50,4 +54,4 @@ def track(items: Iterable[T], total: int, description: str, unit: str = "samples
         yield item
         if i % step == 0 or i == total:
             rate = i / max(time.perf_counter() - start, 1e-9)
-            print(f"{description}: {i}/{total} {unit} ({rate:,.0f}/s)", file=sys.stderr, flush=True)
+            print(f"{description}: {i}/{total} {unit} ({_fmt(rate)}/s)", file=sys.stderr, flush=True)

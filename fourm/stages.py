@@ -8,15 +8,24 @@ knows nothing of the registry.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 from fourm.data.generate import GenerateReport, run_generate
+from fourm.data.samples import DatasetInputs
+from fourm.data.token_shards import TOKENS_CARD
+from fourm.data.tokenize import TokenizeReport, run_tokenize
+from fourm.io import sha256_bytes, sha256_file
 from fourm.labelers.stage import LabelReport, run_label
-from fourm.params import GenerateParams, LabelParams, ValidateParams
-from fourm.registry.hooks import dataset_artifact, file_artifact, recorded_run
+from fourm.modalities import get_modality
+from fourm.params import GenerateParams, LabelParams, TokenizeParams, TokenizersParams, ValidateParams
+from fourm.registry.hooks import ArtifactSpec, dataset_artifact, file_artifact, recorded_run
 from fourm.settings import Settings, get_settings
+from fourm.tokenizers.base import CONFIG_FILE, directory_fingerprint
+from fourm.tokenizers.stage import TrainTokenizerReport, run_eval_tokenizers, run_train_tokenizer
+from fourm.tracking import make_tracker
 from fourm.validation.stage import Suite, ValidationReport, run_validate
 
 
@@ -71,3 +80,119 @@ def validate(
             file_artifact(Path(out_dir) / "quarantine.json", "quarantine list", f"{out_dir}-quarantine")
         )
     return report
+
+
+def _inputs_artifacts(inputs: DatasetInputs) -> list[Any]:
+    return [
+        dataset_artifact(inputs.raw, "dataset"),
+        dataset_artifact(inputs.labels, "label set"),
+        _validated(Path(inputs.accepted).parent),
+    ]
+
+
+def tokenizer_artifact(directory: Path, name: str) -> ArtifactSpec:
+    """A trained tokenizer directory: sha256 over its files, its config as metadata."""
+    config = json.loads((Path(directory) / CONFIG_FILE).read_text())
+    size = sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
+    meta = {k: config.get(k) for k in ("kind", "modality", "modalities", "vocab_size", "grid_size")}
+    return ArtifactSpec("tokenizer", name, str(directory), directory_fingerprint(directory), size, meta)
+
+
+def token_set_artifact(directory: Path, published: str | None) -> ArtifactSpec:
+    """A token set: sha256 of its card (which lists every shard file's sha256)."""
+    card_path = Path(directory) / TOKENS_CARD
+    card = json.loads(card_path.read_text())
+    size = sum(f["size"] for s in card["shards"] for f in s["files"].values())
+    meta = {
+        "num_samples": card["num_samples"],
+        "splits": card["splits"],
+        "published": published,
+        "tokenizers": card.get("tokenizers"),
+    }
+    return ArtifactSpec(
+        "token set",
+        card.get("name", Path(directory).name),
+        str(directory),
+        sha256_file(card_path),
+        size,
+        meta,
+    )
+
+
+def train_tokenizer(
+    name: str,
+    params: TokenizersParams,
+    inputs: DatasetInputs,
+    out_dir: Path,
+    history_path: Path | None = None,
+    settings: Settings | None = None,
+) -> TrainTokenizerReport:
+    settings = settings or get_settings()
+    section = (
+        {"tokenizer": name, "text": _section(params.text)}
+        if name == "text"
+        else {"tokenizer": name, "vqvae": _section(params.vqvae_for(name))}
+    )
+    with recorded_run(
+        settings, stage_name(f"train-tokenizer@{name}"), section, _inputs_artifacts(inputs)
+    ) as rec:
+        tracker = make_tracker(settings, "fourm-tokenizers", f"tokenizer-{name}", section)
+        try:
+            report = run_train_tokenizer(
+                name,
+                params,
+                inputs,
+                out_dir,
+                history_path,
+                checkpoint_dir=settings.home_dir / "checkpoints" / f"tokenizer-{name}",
+                tracker=tracker,
+            )
+        finally:
+            tracker.finish()
+        rec.output(tokenizer_artifact(out_dir, f"tokenizer-{name}"))
+    return report
+
+
+def eval_tokenizers(
+    params: TokenizersParams,
+    inputs: DatasetInputs,
+    tokenizers_root: Path,
+    preview_dir: Path | None = None,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    tokenizer_dirs = [d for d in sorted(Path(tokenizers_root).iterdir()) if (d / CONFIG_FILE).exists()]
+    artifacts = _inputs_artifacts(inputs) + [
+        tokenizer_artifact(d, f"tokenizer-{d.name}") for d in tokenizer_dirs
+    ]
+    section = {"eval_split": params.eval_split}
+    with recorded_run(settings or get_settings(), stage_name("eval-tokenizers"), section, artifacts):
+        return run_eval_tokenizers(params, inputs, tokenizers_root, preview_dir)
+
+
+def tokenize(
+    params: TokenizeParams,
+    inputs: DatasetInputs,
+    tokenizers_root: Path,
+    out_dir: Path,
+    settings: Settings | None = None,
+) -> TokenizeReport:
+    settings = settings or get_settings()
+    names = sorted({get_modality(m).tokenizer_name for m in params.modalities})
+    artifacts = _inputs_artifacts(inputs) + [
+        tokenizer_artifact(Path(tokenizers_root) / n, f"tokenizer-{n}") for n in names
+    ]
+    with recorded_run(settings, stage_name("tokenize"), _section(params), artifacts) as rec:
+        store, uri = None, None
+        if params.publish:
+            from fourm.storage.object_store import ObjectStore
+
+            store = ObjectStore.from_settings(settings)
+            uri = f"s3://{settings.buckets.tokens}/{Path(out_dir).name}-{_inputs_digest(artifacts)}"
+        report = run_tokenize(params, inputs, tokenizers_root, out_dir, uri, store)
+        rec.output(token_set_artifact(out_dir, uri))
+    return report
+
+
+def _inputs_digest(artifacts: list[ArtifactSpec]) -> str:
+    """12 hex digits naming a token set by what it was made from (a new prefix per new inputs)."""
+    return sha256_bytes("".join(a.sha256 for a in artifacts).encode())[:12]

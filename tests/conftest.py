@@ -15,6 +15,8 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Nothing a test runs may write into the checkout's .fourm (registry, services).
 os.environ["FOURM_HOME"] = tempfile.mkdtemp(prefix="fourm-test-home-")
+# W&B offline runs cost seconds each; tests that check tracking turn it back on themselves.
+os.environ["FOURM_WANDB_MODE"] = "disabled"
 
 from fourm import services  # noqa: E402
 from fourm.settings import Settings  # noqa: E402

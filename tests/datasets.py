@@ -15,7 +15,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from fourm.data.format import DATASET_CARD, MANIFEST, SHARD_DIR, member_name, write_manifest
+from fourm.data.generate import run_generate
+from fourm.data.samples import DatasetInputs
 from fourm.io import sha256_bytes, sha256_file
+from fourm.labelers.stage import run_label
+from fourm.params import GenerateParams, LabelParams
 
 
 def copy_dataset(src: Path, dst: Path) -> Path:
@@ -92,3 +96,13 @@ def read_member(root: Path, sample_id: str, modality: str) -> bytes:
     row = next(r for r in _rows(root) if r["id"] == sample_id)
     with tarfile.open(root / SHARD_DIR / row["shard"]) as tar:
         return tar.extractfile(member_name(sample_id, modality)).read()
+
+
+def tiny_labeled_dataset(root: Path, num_scenes: int = 24, samples_per_shard: int = 8) -> DatasetInputs:
+    """A generated + oracle-labeled dataset under ``root`` (raw/, labels/), all samples accepted."""
+    raw, labels = root / "raw", root / "labels"
+    if not (labels / "dataset.json").exists():
+        gen = GenerateParams(num_scenes=num_scenes, samples_per_shard=samples_per_shard, workers=1)
+        run_generate(gen, raw)
+        run_label(LabelParams(), raw, raw / "manifest.parquet", labels)
+    return DatasetInputs(raw, labels, labels / "manifest.parquet")

@@ -18,6 +18,19 @@ from tests.conftest import REPO, settings_env
 TINY_PARAMS = {
     "generate": {"num_scenes": 24, "samples_per_shard": 8, "workers": 1},
     "validate": {"max_bad_fraction": 0.01},
+    # seconds, not minutes: the tokenizers learn nothing useful, the DAG runs whole
+    "tokenizers": {
+        "vqvae": {
+            "steps": 6,
+            "batch_size": 4,
+            "width": 8,
+            "code_dim": 8,
+            "warmup_steps": 2,
+            "log_every": 2,
+            "checkpoint_every": 3,
+        },
+        "eval_preview_samples": 2,
+    },
 }
 
 

@@ -230,12 +230,32 @@ class ObjectStore:
 
     # -- sets --------------------------------------------------------------------
 
-    def publish_set(self, bucket: str, prefix: str, files: dict[str, Path]) -> dict:
-        """Upload ``files`` (relative name -> local path) under ``prefix``, manifest last."""
+    def stored_sha256(self, bucket: str, key: str) -> str | None:
+        """The sha256 recorded with an object, or None when there is no such object."""
+        try:
+            return self.stat(bucket, key).sha256
+        except StorageError as err:
+            if err.code in _MISSING_CODES:
+                return None
+            raise
+
+    def publish_set(
+        self, bucket: str, prefix: str, files: dict[str, Path], skip_unchanged: bool = True
+    ) -> dict:
+        """Upload ``files`` (relative name -> local path) under ``prefix``, manifest last.
+
+        With ``skip_unchanged``, a part already stored with the same sha256 is not sent again
+        (a rerun after an interrupted publish uploads only what is missing).
+        """
         prefix = prefix.strip("/")
         parts = {}
         for rel, path in sorted(files.items()):
-            digest = self.put_file(bucket, f"{prefix}/{rel}", path)
+            key = f"{prefix}/{rel}"
+            local = sha256_file(path)
+            if skip_unchanged and self.stored_sha256(bucket, key) == local:
+                digest = local
+            else:
+                digest = self.put_file(bucket, key, path)
             parts[rel] = {"sha256": digest, "size": Path(path).stat().st_size}
         manifest = {"prefix": prefix, "parts": parts}
         self.put_bytes(bucket, f"{prefix}/{SET_MANIFEST}", canonical_json(manifest), "application/json")

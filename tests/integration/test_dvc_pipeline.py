@@ -13,7 +13,27 @@ from tests.workspace import make_workspace, run
 
 pytestmark = pytest.mark.integration
 
-STAGE_OUTPUTS = ["data/raw", "data/raw_validated", "data/labels", "data/labels_validated"]
+STAGE_OUTPUTS = [
+    "data/raw",
+    "data/raw_validated",
+    "data/labels",
+    "data/labels_validated",
+    "data/tokenizers",
+    "data/tokens",
+]
+STAGES = (
+    "generate",
+    "validate",
+    "label",
+    "validate-labels",
+    "train-tokenizer@rgb",
+    "train-tokenizer@depth",
+    "train-tokenizer@normal",
+    "train-tokenizer@semseg",
+    "train-text-tokenizer",
+    "eval-tokenizers",
+    "tokenize",
+)
 
 
 def _hashes(ws: Path) -> dict[str, str]:
@@ -25,7 +45,7 @@ def test_repro_push_delete_pull_restores_identical_bytes(s3_settings: Settings, 
     ws, env = make_workspace(tmp_path, s3_settings)
 
     first = run(["dvc", "repro"], ws, env)
-    for stage in ("generate", "validate", "label", "validate-labels"):
+    for stage in STAGES:
         assert f"Running stage '{stage}'" in first.stdout
 
     again = run(["dvc", "repro"], ws, env)
@@ -36,11 +56,16 @@ def test_repro_push_delete_pull_restores_identical_bytes(s3_settings: Settings, 
     assert "reports/validate_raw.json" in metrics and "num_bad" in metrics
 
     _check_registry_records(env["FOURM_REGISTRY_URL"], ws)
+    _check_token_lineage(env["FOURM_REGISTRY_URL"], ws)
 
     before = _hashes(ws)
     assert any(k.endswith(".tar") for k in before) and any(k.endswith("quarantine.json") for k in before)
     assert (ws / "reports" / "validate_raw_docs" / "index.html").exists()  # Data Docs: a view, not an output
     assert (ws / "reports" / "label_samples.png").read_bytes()[:4] == b"\x89PNG"
+    for modality in ("rgb", "depth", "normal", "semseg"):
+        assert (ws / "reports" / "tokenizers" / f"recon_{modality}.png").read_bytes()[:4] == b"\x89PNG"
+        assert "step,loss" in (ws / "reports" / "tokenizers" / f"{modality}_loss.csv").read_text()
+    assert "caption_exact" in metrics and "psnr" in metrics
     run(["dvc", "push"], ws, env)
 
     shutil.rmtree(ws / ".dvc" / "cache")
@@ -61,6 +86,7 @@ def test_params_change_reruns_only_downstream(s3_settings: Settings, tmp_path: P
     assert "Running stage 'label'" in second.stdout
     # labels are the same bytes whatever the batch size, so validation is restored from cache
     assert "Running stage 'validate-labels'" not in second.stdout
+    assert "Running stage 'train-tokenizer@rgb'" not in second.stdout
 
 
 def _check_registry_records(url: str, ws: Path) -> None:
@@ -69,7 +95,7 @@ def _check_registry_records(url: str, ws: Path) -> None:
 
     reg = Registry(url)
     runs = {r.stage: r for r in reg.runs()}
-    assert set(runs) == {"generate", "validate", "label", "validate-labels"}
+    assert set(runs) == set(STAGES)
     head = run(["git", "rev-parse", "HEAD"], ws, {**__import__("os").environ}).stdout.strip()
     for r in runs.values():
         assert r.status == "succeeded" and r.git_commit == head and len(r.params_sha256) == 64
@@ -85,4 +111,22 @@ def _check_registry_records(url: str, ws: Path) -> None:
     validated_raw = reg.run_io(runs["validate"].id)[1]
     label_inputs = reg.run_io(runs["label"].id)[0]
     assert {a.id for a in validated_raw if a.kind == "validated dataset"} <= {a.id for a in label_inputs}
+    reg.close()
+
+
+def _check_token_lineage(url: str, ws: Path) -> None:
+    """The token set traces back through the tokenize run to the tokenizers and the dataset."""
+    from fourm.registry.api import Registry
+
+    reg = Registry(url)
+    tokenize_run = reg.runs(stage="tokenize")[0]
+    inputs, outputs = reg.run_io(tokenize_run.id)
+    assert [a.kind for a in outputs] == ["token set"]
+    assert outputs[0].sha256 == sha256_file(ws / "data" / "tokens" / "tokens.json")
+    assert outputs[0].metadata["published"].startswith("s3://")
+    tokenizers = {a.name for a in inputs if a.kind == "tokenizer"}
+    assert tokenizers == {f"tokenizer-{n}" for n in ("rgb", "depth", "normal", "semseg", "text")}
+    # each tokenizer artifact is the output of its training run
+    trained = reg.run_io(reg.runs(stage="train-tokenizer@depth")[0].id)[1]
+    assert trained[0].kind == "tokenizer" and trained[0].id in {a.id for a in inputs}
     reg.close()

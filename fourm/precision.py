@@ -1,0 +1,32 @@
+"""Whether bf16 autocast pays off on the hardware at hand.
+
+On GPUs and on CPUs with native bf16 (AVX-512 BF16 or AMX) bf16 autocast is
+faster than fp32; on CPUs without it (AVX2 only) PyTorch emulates bf16 and is
+tens to hundreds of times slower, so there we train in fp32.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU advertises AMX-BF16 or AVX512-BF16 (Linux /proc/cpuinfo)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def use_bf16(requested: bool, device: str = "cpu") -> bool:
+    """bf16 autocast when requested and the device runs it natively."""
+    if not requested:
+        return False
+    if torch.device(device).type == "cuda":
+        return True
+    return cpu_has_native_bf16()
