@@ -11,11 +11,43 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, task
+from pydantic import BaseModel
 
-from flows.artifacts import publish_stage_report, publish_validation
+from flows.artifacts import publish_image, publish_stage_report, publish_tokenizer_eval, publish_validation
 from fourm import stages
-from fourm.params import GenerateParams, LabelParams, ValidateParams, load_params
+from fourm.data.samples import DatasetInputs
+from fourm.params import (
+    GenerateParams,
+    LabelParams,
+    TokenizeParams,
+    TokenizersParams,
+    ValidateParams,
+    load_params,
+)
+from fourm.storage.object_store import StorageError
 from fourm.validation.stage import ValidationFailed
+
+
+class DatasetPaths(BaseModel):
+    """The accepted labeled samples a tokenizer stage reads (paths relative to the workspace)."""
+
+    raw: str = "data/raw"
+    labels: str = "data/labels"
+    accepted: str = "data/labels_validated/manifest.parquet"
+
+    def resolve(self) -> DatasetInputs:
+        return DatasetInputs(Path(self.raw), Path(self.labels), Path(self.accepted))
+
+
+def only_transient_errors(task, task_run, state) -> bool:  # noqa: ANN001 (Prefect's retry hook signature)
+    """Retry S3 trouble (network, 5xx after the store's own retries), never bad data."""
+    try:
+        state.result()
+    except StorageError:
+        return True
+    except Exception:
+        return False
+    return False
 
 
 @task(name="generate")
@@ -77,4 +109,73 @@ def validate_flow(
     """Validate a raw or labeled dataset; quarantine bad samples."""
     report = validate_task(suite, params or load_params().validate_, dataset, out_dir, source_manifest)
     publish_validation(report, f"validate-{suite}")
+    return report
+
+
+@task(name="train-tokenizer", task_run_name="train-tokenizer-{name}")
+def train_tokenizer_task(name: str, params: TokenizersParams, inputs: DatasetPaths, out_dir: str) -> dict:
+    return stages.train_tokenizer(name, params, inputs.resolve(), Path(out_dir)).to_dict()
+
+
+@flow(name="fourm-train-tokenizer")
+def train_tokenizer_flow(
+    name: str = "rgb",
+    params: TokenizersParams | None = None,
+    inputs: DatasetPaths | None = None,
+    out_dir: str | None = None,
+) -> dict:
+    """Train one tokenizer (rgb, depth, normal, semseg or text) on the train split."""
+    report = train_tokenizer_task(
+        name,
+        params or load_params().tokenizers,
+        inputs or DatasetPaths(),
+        out_dir or f"data/tokenizers/{name}",
+    )
+    publish_stage_report(report, f"train-tokenizer-{name}")
+    return report
+
+
+@task(name="eval-tokenizers")
+def eval_tokenizers_task(
+    params: TokenizersParams, inputs: DatasetPaths, tokenizers: str, preview_dir: str
+) -> dict:
+    return stages.eval_tokenizers(params, inputs.resolve(), Path(tokenizers), Path(preview_dir))
+
+
+@flow(name="fourm-eval-tokenizers")
+def eval_tokenizers_flow(
+    params: TokenizersParams | None = None,
+    inputs: DatasetPaths | None = None,
+    tokenizers: str = "data/tokenizers",
+    preview_dir: str = "reports/tokenizers",
+) -> dict:
+    """Tokenize -> detokenize the evaluation split; metrics table and reconstruction grids."""
+    report = eval_tokenizers_task(
+        params or load_params().tokenizers, inputs or DatasetPaths(), tokenizers, preview_dir
+    )
+    publish_tokenizer_eval(report, "eval-tokenizers")
+    for name in report["tokenizers"]:
+        png = Path(preview_dir) / f"recon_{name}.png"
+        if png.exists():
+            publish_image(
+                png, "eval-tokenizers", f"{name}: input | reconstruction", key_suffix=f"recon-{name}"
+            )
+    return report
+
+
+@task(name="tokenize", retries=2, retry_delay_seconds=[5, 20], retry_condition_fn=only_transient_errors)
+def tokenize_task(params: TokenizeParams, inputs: DatasetPaths, tokenizers: str, out_dir: str) -> dict:
+    return stages.tokenize(params, inputs.resolve(), Path(tokenizers), Path(out_dir)).to_dict()
+
+
+@flow(name="fourm-tokenize")
+def tokenize_flow(
+    params: TokenizeParams | None = None,
+    inputs: DatasetPaths | None = None,
+    tokenizers: str = "data/tokenizers",
+    out_dir: str = "data/tokens",
+) -> dict:
+    """Encode every accepted sample into token shards and publish them to S3 (resumable)."""
+    report = tokenize_task(params or load_params().tokenize, inputs or DatasetPaths(), tokenizers, out_dir)
+    publish_stage_report(report, "tokenize")
     return report

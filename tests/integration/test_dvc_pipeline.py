@@ -37,7 +37,13 @@ STAGES = (
 
 
 def _hashes(ws: Path) -> dict[str, str]:
-    files = [p for out in STAGE_OUTPUTS for p in sorted((ws / out).rglob("*")) if p.is_file()]
+    # DVC's own .gitignore files (it writes one beside outputs in subfolders) are not outputs
+    files = [
+        p
+        for out in STAGE_OUTPUTS
+        for p in sorted((ws / out).rglob("*"))
+        if p.is_file() and p.name != ".gitignore"
+    ]
     return {str(p.relative_to(ws)): sha256_file(p) for p in files}
 
 

@@ -44,7 +44,14 @@ def _artifacts_and_logs(flow_run_id) -> tuple[dict[str, object], list[str]]:  # 
         arts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
         )
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        logs: list = []
+        while True:  # the API pages logs (200 per call by default)
+            page = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), offset=len(logs)
+            )
+            logs.extend(page)
+            if not page:
+                break
     return {a.key: a for a in arts}, [entry.message for entry in logs]
 
 
@@ -73,7 +80,12 @@ def test_pipeline_flow_runs_stages_and_publishes_validation(
     assert all(r["failed"] == 0 and r["checked"] == 24 for r in rules)
     assert json.loads(artifacts["validate-labels-rules"].data)[0]["checked"] == 24
     assert "validate-labels-summary" in artifacts and "generate-report" in artifacts
-    assert "data:image/png;base64,iVBOR" in artifacts["label-preview"].data  # the labeled-sample grid
+    assert "data:image/png;base64,iVBOR" in artifacts["label-label-samples"].data  # the labeled-sample grid
+    # tokenizer results: a metrics table and a reconstruction grid per image modality
+    table = {r["tokenizer"]: r for r in json.loads(artifacts["eval-tokenizers-metrics"].data)}
+    assert table["text"]["caption_exact"] == 1.0 and "psnr" in table["rgb"]
+    assert "data:image/png;base64,iVBOR" in artifacts["eval-tokenizers-recon-semseg"].data
+    assert "train-tokenizer-rgb-report" in artifacts and "tokenize-report" in artifacts
     # each stage's own output is streamed into the run log
     assert any("Running stage 'generate'" in m for m in logs)
     assert any("labeled validation of data/labels: 24/24" in m for m in logs)
@@ -83,7 +95,16 @@ def test_pipeline_flow_runs_stages_and_publishes_validation(
 
     reg = Registry(os.environ["FOURM_REGISTRY_URL"])
     runs = reg.runs()
-    assert {r.stage for r in runs} == {"generate", "validate", "label", "validate-labels"}
+    assert {r.stage for r in runs} == {
+        "generate",
+        "validate",
+        "label",
+        "validate-labels",
+        *(f"train-tokenizer@{m}" for m in ("rgb", "depth", "normal", "semseg")),
+        "train-text-tokenizer",
+        "eval-tokenizers",
+        "tokenize",
+    }
     assert {r.prefect_flow_run_id for r in runs} == {str(state.state_details.flow_run_id)}
     assert all(r.dvc_lock_sha256 and len(r.dvc_lock_sha256) == 64 for r in runs)
     reg.close()
