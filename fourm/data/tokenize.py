@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,6 @@ class TokenizeReport:
     bytes: int
     seconds: float
     samples_per_second: float
-    problems: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,7 +121,8 @@ def run_tokenize(
     tokenizers = {m: load_tokenizer(m, tokenizers_root) for m in modalities}
     fingerprints = {m: tokenizer_fingerprint(m, tokenizers_root) for m in modalities}
     specs = {
-        m: ModalitySpec(tokenizers[m].vocab_size, get_modality(m).num_tokens, fingerprints[m]) for m in modalities
+        m: ModalitySpec(tokenizers[m].vocab_size, get_modality(m).num_tokens, fingerprints[m])
+        for m in modalities
     }
     members = sorted({get_modality(m).source for m in modalities})
     raw_card = Dataset.open(inputs.raw).card
