@@ -15,7 +15,7 @@ pytestmark = pytest.mark.unit
 def test_repo_params_yaml_is_valid_and_complete() -> None:
     params = load_params(REPO / "params.yaml")
     # every section is written out explicitly: params.yaml is the one source
-    assert set(dump_params(params)) == {"generate", "label", "validate", "registry"}
+    assert set(dump_params(params)) == {"generate", "label", "validate", "registry", "tokenizers", "tokenize"}
     assert dump_params(params) == dump_params(parse_params(dump_params(params)))
 
 
@@ -35,7 +35,16 @@ def test_repo_params_yaml_is_valid_and_complete() -> None:
         ),
         ({"label": {"labelers": {"colour": "oracle"}}}, "label.labelers.colour"),
         ({"validate": {"max_bad_fraction": 2}}, "validate.max_bad_fraction"),
-        ({"tokenizers": {}}, "tokenizers: unknown key"),
+        ({"pretrian": {}}, "pretrian: unknown key"),
+        (
+            {"tokenizers": {"vqvae": {"downsample": 6}}},
+            "tokenizers.vqvae: Value error, downsample must be a power",
+        ),
+        ({"tokenizers": {"vqvae": {"quantizer": "rvq"}}}, "tokenizers.vqvae.quantizer"),
+        ({"tokenizers": {"overrides": {"rgb": {"stpes": 10}}}}, "overrides.rgb.stpes: Extra inputs"),
+        ({"tokenizers": {"text": {"vocab_size": 100000}}}, "tokenizers.text.vocab_size"),
+        ({"tokenize": {"modalities": ["rgb", "rgb"]}}, "modalities must be distinct"),
+        ({"tokenize": {"modalities": ["pixels"]}}, "tokenize.modalities.0"),
     ],
 )
 def test_bad_values_name_file_and_dotted_key(data: dict, fragment: str) -> None:
@@ -61,3 +70,9 @@ def test_defaults_are_frozen() -> None:
     p = Params()
     with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError on frozen models
         p.generate.seed = 3  # type: ignore[misc]
+
+
+def test_overrides_apply_per_modality() -> None:
+    params = parse_params({"tokenizers": {"overrides": {"rgb": {"steps": 7}}}})
+    assert params.tokenizers.vqvae_for("rgb").steps == 7
+    assert params.tokenizers.vqvae_for("depth").steps == params.tokenizers.vqvae.steps

@@ -15,6 +15,7 @@ pytestmark = pytest.mark.unit
 
 def test_env_prefix_and_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("FOURM_HOME", str(tmp_path / "h"))
+    monkeypatch.delenv("FOURM_WANDB_MODE", raising=False)  # conftest disables W&B for the suite
     monkeypatch.setenv("FOURM_S3_ENDPOINT", "http://127.0.0.1:9999")
     monkeypatch.setenv("FOURM_BUCKETS__DATASETS", "my-data")
     s = Settings()
