@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+from abc import ABC, abstractmethod
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ WEIGHTS_FILE = "weights.pt"
 FORMAT_VERSION = 1
 
 
-class ImageCodec:
+class ImageCodec(ABC):
     """Dataset values <-> network tensors, and the reconstruction loss, for one modality."""
 
     in_channels = 3
@@ -51,8 +52,9 @@ class ImageCodec:
         """Normalisation statistics from training values (none by default)."""
         return {}
 
+    @abstractmethod
     def to_input(self, values: np.ndarray) -> torch.Tensor:
-        raise NotImplementedError
+        """Dataset values (B, H, W[, C]) -> network input (B, C_in, H, W)."""
 
     def target(self, values: np.ndarray) -> torch.Tensor:
         """What the decoder output is compared with (the input, unless the loss needs other)."""
@@ -62,11 +64,13 @@ class ImageCodec:
         """Mirror a batch of inputs or targets left-right (an augmentation)."""
         return x.flip(-1)
 
+    @abstractmethod
     def loss(self, out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        raise NotImplementedError
+        """Reconstruction loss of decoder output ``out`` against ``target``, and its parts for logging."""
 
+    @abstractmethod
     def from_output(self, out: torch.Tensor) -> np.ndarray:
-        raise NotImplementedError
+        """Decoder output (B, C_out, H, W) -> dataset values (B, H, W[, C])."""
 
 
 class RGBCodec(ImageCodec):

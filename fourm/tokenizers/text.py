@@ -39,6 +39,7 @@ boxes round-trip exactly), otherwise floats rounded to 3 decimals.
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -492,7 +493,7 @@ def _read_json(path: Path) -> Any:
         raise TokenizerError(f"{path}: not valid JSON: {exc}") from None
 
 
-class _TextView:
+class _TextView(ABC):
     """Shared part of the two registry adapters over one TextTokenizer."""
 
     modality: str
@@ -509,8 +510,9 @@ class _TextView:
         self.max_length: int = entry.max_length
         self.last_truncated: np.ndarray = np.zeros(0, dtype=bool)
 
+    @abstractmethod
     def encode_with_flags(self, batch: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
+        """Tokens ``(B, max_length)`` and per-row truncation flags."""
 
     def encode(self, batch: list[Any]) -> np.ndarray:
         """``(B, max_length)`` int32 tokens; the truncation flags are kept in ``last_truncated``."""
