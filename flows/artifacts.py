@@ -84,3 +84,24 @@ def publish_tokenizer_eval(report: dict[str, Any], stage: str) -> None:
         table=rows,
         description=f"tokenize -> detokenize on the {report['split']} split",
     )
+
+
+def publish_pretrain(report: dict[str, Any], stage: str) -> None:
+    """Validation loss per modality beside its unigram baseline, and the ratio (lower is better)."""
+    rows = [
+        {
+            "modality": name,
+            "val loss (nats)": round(loss, 4),
+            "unigram baseline": round(report["baseline"].get(name, float("nan")), 4),
+            "val / baseline": round(report["below_baseline"].get(name, float("nan")), 3),
+        }
+        for name, loss in report["val_losses"].items()
+    ]
+    create_table_artifact(
+        key=artifact_key(stage, "validation"),
+        table=rows,
+        description=(
+            f"4M after {report['steps']} steps ({report['parameters'] / 1e6:.1f}M parameters): "
+            f"val loss {report['val_loss']:.3f}"
+        ),
+    )

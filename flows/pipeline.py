@@ -23,7 +23,13 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
-from flows.artifacts import publish_image, publish_stage_report, publish_tokenizer_eval, publish_validation
+from flows.artifacts import (
+    publish_image,
+    publish_pretrain,
+    publish_stage_report,
+    publish_tokenizer_eval,
+    publish_validation,
+)
 from fourm.io import canonical_json, sha256_bytes
 from fourm.registry.api import Registry
 from fourm.registry.hooks import FLOW_RUN_ENV
@@ -124,6 +130,8 @@ def _publish(report: dict[str, Any], stage: str) -> None:
         publish_validation(report, stage)
     elif "tokenizers" in report and "split" in report:
         publish_tokenizer_eval(report, stage)
+    elif "below_baseline" in report:
+        publish_pretrain(report, stage)
     else:
         publish_stage_report(report, stage)
 

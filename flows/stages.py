@@ -13,12 +13,19 @@ from pathlib import Path
 from prefect import flow, task
 from pydantic import BaseModel
 
-from flows.artifacts import publish_image, publish_stage_report, publish_tokenizer_eval, publish_validation
+from flows.artifacts import (
+    publish_image,
+    publish_pretrain,
+    publish_stage_report,
+    publish_tokenizer_eval,
+    publish_validation,
+)
 from fourm import stages
 from fourm.data.samples import DatasetInputs
 from fourm.params import (
     GenerateParams,
     LabelParams,
+    PretrainParams,
     TokenizeParams,
     TokenizersParams,
     ValidateParams,
@@ -179,3 +186,28 @@ def tokenize_flow(
     report = tokenize_task(params or load_params().tokenize, inputs or DatasetPaths(), tokenizers, out_dir)
     publish_stage_report(report, "tokenize")
     return report
+
+
+@task(name="pretrain", retries=1, retry_delay_seconds=[10], retry_condition_fn=only_transient_errors)
+def pretrain_task(
+    params: PretrainParams, tokens: str, out_dir: str, reports_dir: str, processes: int
+) -> dict:
+    """A retry resumes from the run's latest checkpoint (same params and token set)."""
+    return stages.pretrain(params, Path(tokens), Path(out_dir), Path(reports_dir), processes=processes)
+
+
+@flow(name="fourm-pretrain")
+def pretrain_flow(
+    params: PretrainParams | None = None,
+    tokens: str = "data/tokens",
+    out_dir: str = "models/pretrain",
+    reports_dir: str = "reports/pretrain",
+    processes: int = 1,
+) -> dict:
+    """Pretrain 4M on a token set; val loss per modality vs. the unigram baseline, loss curves."""
+    metrics = pretrain_task(params or load_params().pretrain, tokens, out_dir, reports_dir, processes)
+    publish_pretrain(metrics, "pretrain")
+    png = Path(reports_dir) / "loss.png"
+    if png.exists():
+        publish_image(png, "pretrain", "pretraining loss and validation per modality", key_suffix="loss")
+    return metrics

@@ -48,11 +48,15 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from fourm.data.format import DatasetError
     from fourm.data.token_shards import TokenSetError
     from fourm.labelers.base import LabelerError
+    from fourm.launch.local import LaunchError
     from fourm.modalities import ModalityError
     from fourm.registry.errors import RegistryError
     from fourm.services import ServiceError
     from fourm.storage.object_store import StorageError
     from fourm.tokenizers.base import TokenizerError
+    from fourm.train.checkpoint import CheckpointError
+    from fourm.train.data import IncompatibleError
+    from fourm.train.loop import TrainingDiverged
 
     # OSError last: a missing or unwritable file the user named is bad input, not a bug.
     return (
@@ -65,6 +69,10 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         RegistryError,
         TokenizerError,
         TokenSetError,
+        CheckpointError,
+        IncompatibleError,
+        TrainingDiverged,
+        LaunchError,
         ModalityError,
         OSError,
     )
@@ -398,6 +406,41 @@ def tokens_validate(
     out.print(f"{location}: {result['num_samples']} samples in {result['shards']} shards, all valid")
 
 
+@app.command("train")
+@friendly_errors
+def train_cmd(
+    params_file: ParamsOpt = Path("params.yaml"),
+    tokens: Annotated[Path, typer.Option("--tokens", help="Token set directory.")] = Path("data/tokens"),
+    out_dir: Annotated[Path, typer.Option("--out", help="Where model.pt goes.")] = Path("models/pretrain"),
+    reports_dir: Annotated[
+        Path, typer.Option("--reports", help="metrics.json, loss CSVs and loss.png.")
+    ] = Path("reports/pretrain"),
+    launcher: Annotated[str, typer.Option("--launcher", help="local (torchrun on this machine).")] = "local",
+    processes: Annotated[
+        int | None, typer.Option("--processes", help="torchrun processes (default: pretrain.processes).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume/--no-resume", help="Continue from this run's latest checkpoint.")
+    ] = True,
+) -> None:
+    """Pretrain 4M on a token set (DDP over --processes); writes model.pt, metrics, loss curves."""
+    from fourm import stages
+
+    if launcher != "local":
+        raise typer.BadParameter(f"unknown launcher {launcher!r}; available: local", param_hint="--launcher")
+    params = load_params(params_file)
+    metrics = stages.pretrain(
+        params.pretrain, tokens, out_dir, reports_dir, processes=processes, resume=resume
+    )
+    ratios = ", ".join(f"{k} {v:.2f}" for k, v in metrics["below_baseline"].items())
+    out.print(
+        f"pretrained {metrics['parameters'] / 1e6:.1f}M-parameter 4M for {metrics['steps']} steps: "
+        f"val loss {metrics['val_loss']:.3f}; val / unigram baseline: {ratios}; model at {out_dir}/model.pt",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 # -- bench ----------------------------------------------------------------------
 
 
@@ -456,6 +499,74 @@ def bench_loader_cmd(
     )
     r = result["samples_per_s"]
     out.print(f"loader: median {r['median']:,.0f} samples/s (min {r['min']:,.0f}, max {r['max']:,.0f})")
+    print(json.dumps(result))
+
+
+@bench_app.command("train-step")
+def bench_train_step_cmd(
+    config: Annotated[str, typer.Option("--config", help="Named model config.")] = "bench-cpu-s",
+    batch_size: Annotated[int, typer.Option()] = 32,
+    steps: Annotated[int, typer.Option(help="Timed steps.")] = 10,
+    warmup: Annotated[int, typer.Option(help="Untimed steps first.")] = 3,
+    threads: Annotated[int, typer.Option()] = 2,
+    mode: Annotated[
+        list[str] | None, typer.Option("--mode", help="fp32 and/or bf16 (repeatable); default both.")
+    ] = None,
+    force_bf16: Annotated[
+        bool, typer.Option("--force-bf16", help="Run bf16 even where this CPU only emulates it (slow).")
+    ] = False,
+    compile: Annotated[bool, typer.Option("--compile", help="Also time torch.compile'd model.")] = False,
+    profile: Annotated[
+        Path | None, typer.Option("--profile", help="Write a torch.profiler table of 3 fp32 steps here.")
+    ] = None,
+) -> None:
+    """Seconds per training step (forward + backward + AdamW) of a named config, per precision."""
+    from fourm.train.bench import bench_train_step, profile_train_step
+
+    result = bench_train_step(
+        config,
+        batch_size=batch_size,
+        warmup=warmup,
+        steps=steps,
+        threads=threads,
+        modes=tuple(mode) if mode else ("fp32", "bf16"),
+        force_bf16=force_bf16,
+        compile=compile,
+    )
+    p = result["params"]
+    out.print(
+        f"{config}: {p['total'] / 1e6:.2f}M parameters ({p['non_embedding'] / 1e6:.2f}M non-embedding), "
+        f"{result['train_step_gflop']:.1f} GFLOP/step, {result['threads']} threads, {result['cpu']}"
+    )
+    table = Table(
+        "mode", "median s", "min s", "max s", "tokens/s", "GFLOP/s", "peak GFLOP/s", "of peak",
+        title=f"train step, batch {batch_size}, median of {steps} steps",
+    )  # fmt: skip
+    skipped = []
+    for name, r in result["modes"].items():
+        if "skipped" in r:
+            skipped.append(f"{name} skipped: {r['skipped']} ({r['hint']})")
+            continue
+        rows = [(name, r)] + ([(f"{name} compiled", r["compiled"])] if "compiled" in r else [])
+        peak = result["matmul_peak"].get(name, {})
+        for label, x in rows:
+            table.add_row(
+                label,
+                f"{x['median_s']:.3f}",
+                f"{x['min_s']:.3f}",
+                f"{x['max_s']:.3f}",
+                f"{x['tokens_per_s']:,.0f}",
+                f"{x['model_gflops']:.1f}",
+                f"{peak['tflops'] * 1e3:.1f}" if "tflops" in peak else "-",
+                f"{x['fraction_of_peak']:.1%}" if "fraction_of_peak" in x else "-",
+            )
+    out.print(table)
+    for line in skipped:
+        out.print(line)
+    if profile is not None:
+        profile_train_step(profile, config, batch_size=batch_size, threads=threads)
+        result["profile"] = str(profile)
+        out.print(f"profile of 3 fp32 steps written to {profile}")
     print(json.dumps(result))
 
 

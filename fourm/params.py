@@ -175,6 +175,87 @@ class TokenizeParams(StrictModel):
         return self
 
 
+ModelSize = Literal["debug", "tiny", "demo", "b", "l", "xl"]
+
+
+class PretrainModelParams(StrictModel):
+    """Which 4M: a named size (fourm/model/config.py SIZES) and the modalities it reads and predicts."""
+
+    size: ModelSize = "demo"
+    inputs: tuple[TokenModality, ...] = ("rgb", "depth", "normal", "semseg", "caption", "boxes")
+    targets: tuple[TokenModality, ...] = ("rgb", "depth", "normal", "semseg", "caption", "boxes")
+    feed_forward: Literal["gelu", "swiglu"] = "gelu"
+    qk_norm: bool = False
+    bias: bool = True
+
+
+class MaskingParams(StrictModel):
+    """Per-sample token budgets split across modalities by a mixture of symmetric Dirichlets."""
+
+    input_budget: int = Field(128, ge=1, description="Encoder tokens per sample.")
+    target_budget: int = Field(128, ge=1, description="Decoder tokens per sample.")
+    alphas: tuple[float, ...] = Field(
+        (0.2, 0.5, 1.0), description="Mixture of symmetric Dirichlet concentrations, one picked per sample."
+    )
+    input_alphas: dict[TokenModality, float] = Field(
+        default_factory=dict,
+        description="Per-modality alpha for inputs (overrides the mixture; 0 = never input).",
+    )
+    target_alphas: dict[TokenModality, float] = Field(
+        default_factory=dict, description="Per-modality alpha for targets (0 = never a target)."
+    )
+    mean_span_length: float = Field(3.0, gt=0, description="T5 span masking of captions and boxes.")
+
+    @model_validator(mode="after")
+    def _positive(self) -> MaskingParams:
+        if not self.alphas or any(a <= 0 for a in self.alphas):
+            raise ValueError(f"alphas must be a non-empty list of positive numbers, got {list(self.alphas)}")
+        bad = {k: v for k, v in {**self.input_alphas, **self.target_alphas}.items() if v < 0}
+        if bad:
+            raise ValueError(f"per-modality alphas must be >= 0, got {bad}")
+        return self
+
+
+class PretrainParams(StrictModel):
+    """4M pretraining: model, masking, optimisation, checkpoints, processes."""
+
+    model: PretrainModelParams = PretrainModelParams()
+    masking: MaskingParams = MaskingParams()
+    steps: int = Field(1500, ge=1)
+    batch_size: int = Field(64, ge=1, description="Global batch (all processes and accumulation steps).")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    lr: float = Field(1e-3, gt=0)
+    min_lr_factor: float = Field(0.1, ge=0, le=1, description="Cosine schedule ends at lr * this.")
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    clip_grad: float = Field(1.0, gt=0)
+    bf16: bool = Field(
+        True, description="bf16 autocast where the hardware runs it natively (fourm/precision.py)."
+    )
+    seed: int = Field(0, ge=0)
+    log_every: int = Field(10, ge=1)
+    eval_every: int = Field(250, ge=1)
+    eval_batches: int = Field(4, ge=1)
+    checkpoint_every: int = Field(250, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    upload_checkpoints: bool = Field(True, description="Mirror checkpoints to the checkpoints bucket in S3.")
+    loader_workers: int = Field(1, ge=0)
+    buffer_size: int = Field(512, ge=0, description="Shuffle window of the streaming loader.")
+    processes: int = Field(1, ge=1, description="Local launcher: torchrun processes (DDP).")
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> PretrainParams:
+        if self.batch_size % (self.grad_accum * self.processes):
+            raise ValueError(
+                f"batch_size {self.batch_size} must be divisible by grad_accum x processes "
+                f"({self.grad_accum} x {self.processes})"
+            )
+        if self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be below steps ({self.steps})")
+        return self
+
+
 class MetricBounds(StrictModel):
     """Bounds a metric must meet; either side may be open."""
 
@@ -203,6 +284,7 @@ class Params(StrictModel):
     registry: RegistryParams = RegistryParams()
     tokenizers: TokenizersParams = TokenizersParams()
     tokenize: TokenizeParams = TokenizeParams()
+    pretrain: PretrainParams = PretrainParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

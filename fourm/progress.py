@@ -55,3 +55,47 @@ def track(items: Iterable[T], total: int, description: str, unit: str = "samples
         if i % step == 0 or i == total:
             rate = i / max(time.perf_counter() - start, 1e-9)
             print(f"{description}: {i}/{total} {unit} ({_fmt(rate)}/s)", file=sys.stderr, flush=True)
+
+
+class StepProgress:
+    """Progress of a loop that reports its own position (training steps), with rate and ETA.
+
+    ``update(done, note)`` after each unit; ``close()`` at the end. A rich bar on a
+    terminal, otherwise a line per 10% (and the last) with the ETA.
+    """
+
+    def __init__(self, total: int, description: str, unit: str = "steps", start: int = 0):
+        self.total, self.description, self.unit = total, description, unit
+        self.start_done, self.started = start, time.perf_counter()
+        self._every = max(1, -(-total // 10))
+        self._bar: Progress | None = None
+        if sys.stderr.isatty():
+            self._bar = Progress(
+                TextColumn(f"[bold]{description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[note]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(description, total=total, completed=start, note="")
+
+    def update(self, done: int, note: str = "") -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, note=note)
+            return
+        if done % self._every and done != self.total:
+            return
+        elapsed = time.perf_counter() - self.started
+        rate = (done - self.start_done) / max(elapsed, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else float("nan")
+        print(
+            f"{self.description}: {done}/{self.total} {self.unit} ({_fmt(rate)}/s, ETA {eta:.0f} s) {note}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()

@@ -20,7 +20,14 @@ from fourm.data.tokenize import TokenizeReport, run_tokenize
 from fourm.io import sha256_bytes, sha256_file
 from fourm.labelers.stage import LabelReport, run_label
 from fourm.modalities import get_modality
-from fourm.params import GenerateParams, LabelParams, TokenizeParams, TokenizersParams, ValidateParams
+from fourm.params import (
+    GenerateParams,
+    LabelParams,
+    PretrainParams,
+    TokenizeParams,
+    TokenizersParams,
+    ValidateParams,
+)
 from fourm.registry.hooks import ArtifactSpec, dataset_artifact, file_artifact, recorded_run
 from fourm.settings import Settings, get_settings
 from fourm.tokenizers.base import CONFIG_FILE, directory_fingerprint
@@ -196,3 +203,47 @@ def tokenize(
 def _inputs_digest(artifacts: list[ArtifactSpec]) -> str:
     """12 hex digits naming a token set by what it was made from (a new prefix per new inputs)."""
     return sha256_bytes("".join(a.sha256 for a in artifacts).encode())[:12]
+
+
+def pretrain(
+    params: PretrainParams,
+    tokens_dir: Path,
+    out_dir: Path,
+    reports_dir: Path,
+    *,
+    processes: int | None = None,
+    resume: bool = True,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Pretrain 4M (in this process, or under torchrun with ``processes`` > 1) and record the run.
+
+    Returns the run's metrics.json. The model file is recorded as a "model checkpoint"
+    artifact whose input is the token set (which names its tokenizers).
+    """
+    import tempfile
+
+    from fourm.launch.local import LocalLauncher, TrainSpec
+    from fourm.train.worker import pretrain_process
+
+    settings = settings or get_settings()
+    processes = processes or params.processes
+    inputs = [token_set_artifact(tokens_dir, None)]
+    with recorded_run(settings, stage_name("pretrain"), _section(params), inputs) as rec:
+        if processes == 1:
+            pretrain_process(params, str(tokens_dir), out_dir, reports_dir, resume=resume, settings=settings)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                params_json = Path(tmp) / "pretrain.json"
+                params_json.write_text(params.model_dump_json())
+                args = [
+                    "--pretrain-json", str(params_json), "--tokens", str(tokens_dir),
+                    "--out", str(out_dir), "--reports", str(reports_dir),
+                    *([] if resume else ["--no-resume"]),
+                ]  # fmt: skip
+                LocalLauncher().launch(TrainSpec(args, processes)).wait()
+        metrics = json.loads((Path(reports_dir) / "metrics.json").read_text())
+        meta = {"size": params.model.size, "val_loss": metrics["val_loss"], "steps": metrics["steps"]}
+        rec.output(
+            file_artifact(Path(out_dir) / "model.pt", "model checkpoint", f"4m-{params.model.size}", meta)
+        )
+    return metrics

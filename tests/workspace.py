@@ -31,6 +31,17 @@ TINY_PARAMS = {
         },
         "eval_preview_samples": 2,
     },
+    "pretrain": {
+        "model": {"size": "debug"},
+        "masking": {"input_budget": 16, "target_budget": 16},
+        "steps": 4,
+        "batch_size": 4,
+        "warmup_steps": 1,
+        "eval_every": 2,
+        "eval_batches": 1,
+        "checkpoint_every": 2,
+        "loader_workers": 0,
+    },
 }
 
 

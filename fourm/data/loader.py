@@ -18,6 +18,11 @@ The buffer shuffle sorts positions by ``i + u_i * buffer_size`` (u uniform in [0
 vectorised local shuffle whose displacement is bounded, so a worker holds only the
 shards of a window of about ``2 * buffer_size`` samples (plus one prefetched shard).
 
+With ``interleave`` the buffer shuffle runs over the whole epoch and rank r takes
+positions r, r+W, r+2W, ...: then batch j of every rank together hold the same samples
+as batch j of one process with a W-times larger batch (training uses this so a DDP run
+sees the same global batches as a single process).
+
 With ``equal_ranks`` every rank gets exactly ``N // W`` samples (the epoch's last
 ``N % W`` positions are skipped, a different few each shuffled epoch) so that DDP ranks
 take the same number of steps; ``drop_last`` drops a rank's final incomplete batch.
@@ -88,6 +93,7 @@ class TokenStream(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         equal_ranks: bool = False,
+        interleave: bool = False,
         drop_last: bool = False,
         prefetch: bool = True,
         verify: bool = True,
@@ -127,6 +133,7 @@ class TokenStream(IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self.equal_ranks = equal_ranks
+        self.interleave = interleave
         self.drop_last = drop_last
         self.prefetch = prefetch
         self.verify = verify
@@ -152,7 +159,12 @@ class TokenStream(IterableDataset):
     def num_samples(self) -> int:
         """Samples this rank yields per (whole) epoch."""
         n, w = self.split_samples, self.world_size
-        count = n // w if self.equal_ranks else (self.rank + 1) * n // w - self.rank * n // w
+        if self.equal_ranks:
+            count = n // w
+        elif self.interleave:
+            count = len(range(self.rank, n, w))
+        else:
+            count = (self.rank + 1) * n // w - self.rank * n // w
         if self.drop_last and self.batch_size:
             count -= count % self.batch_size
         return count
@@ -176,6 +188,16 @@ class TokenStream(IterableDataset):
         firsts = np.cumsum(sizes[perm]) - sizes[perm]
         row_seq = np.arange(n, dtype=np.int64) - np.repeat(firsts, sizes[perm])
         w, r = self.world_size, self.rank
+        if self.interleave:
+            # Shuffle the whole epoch, then deal positions round-robin: the samples of the
+            # first k*W positions are the same whatever W is (DDP matches one process).
+            if self.shuffle and self.buffer_size > 1 and n > 1:
+                rng = np.random.default_rng([self.seed, epoch, 1])
+                idx = np.argsort(np.arange(n) + rng.random(n) * self.buffer_size, kind="stable")
+                shard_seq, row_seq = shard_seq[idx], row_seq[idx]
+            hi = (n // w) * w if self.equal_ranks else n
+            count = self.num_samples
+            return shard_seq[r:hi:w][:count], row_seq[r:hi:w][:count]
         if self.equal_ranks:
             lo, hi = r * (n // w), (r + 1) * (n // w)
         else:
@@ -410,6 +432,7 @@ class StreamLoader:
             "rank": s.rank,
             "world_size": s.world_size,
             "equal_ranks": s.equal_ranks,
+            "interleave": s.interleave,
             "drop_last": s.drop_last,
             "batch_size": s.batch_size,
         }
@@ -429,6 +452,7 @@ class StreamLoader:
             "rank",
             "world_size",
             "equal_ranks",
+            "interleave",
             "drop_last",
         ]
         if self.stream.drop_last:

@@ -20,6 +20,7 @@ STAGE_OUTPUTS = [
     "data/labels_validated",
     "data/tokenizers",
     "data/tokens",
+    "models/pretrain",
 ]
 STAGES = (
     "generate",
@@ -33,6 +34,7 @@ STAGES = (
     "train-text-tokenizer",
     "eval-tokenizers",
     "tokenize",
+    "pretrain",
 )
 
 
@@ -72,6 +74,8 @@ def test_repro_push_delete_pull_restores_identical_bytes(s3_settings: Settings, 
         assert (ws / "reports" / "tokenizers" / f"recon_{modality}.png").read_bytes()[:4] == b"\x89PNG"
         assert "step,loss" in (ws / "reports" / "tokenizers" / f"{modality}_loss.csv").read_text()
     assert "caption_exact" in metrics and "psnr" in metrics
+    assert "reports/pretrain/metrics.json" in metrics and "val_loss" in metrics
+    assert "step,loss,lr,grad_norm" in (ws / "reports" / "pretrain" / "history.csv").read_text()
     run(["dvc", "push"], ws, env)
 
     shutil.rmtree(ws / ".dvc" / "cache")
@@ -135,4 +139,11 @@ def _check_token_lineage(url: str, ws: Path) -> None:
     # each tokenizer artifact is the output of its training run
     trained = reg.run_io(reg.runs(stage="train-tokenizer@depth")[0].id)[1]
     assert trained[0].kind == "tokenizer" and trained[0].id in {a.id for a in inputs}
+    # the pretrained model was made from exactly that token set
+    model_inputs, model_outputs = reg.run_io(reg.runs(stage="pretrain")[0].id)
+    assert [a.id for a in model_inputs] == [outputs[0].id]
+    assert model_outputs[0].kind == "model checkpoint"
+    assert model_outputs[0].sha256 == sha256_file(ws / "models" / "pretrain" / "model.pt")
+    graph = reg.lineage(f"artifact:{model_outputs[0].id}", "upstream")
+    assert f"artifact:{trained[0].id}" in graph.nodes  # model -> token set -> depth tokenizer
     reg.close()

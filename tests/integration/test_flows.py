@@ -86,6 +86,11 @@ def test_pipeline_flow_runs_stages_and_publishes_validation(
     assert table["text"]["caption_exact"] == 1.0 and "psnr" in table["rgb"]
     assert "data:image/png;base64,iVBOR" in artifacts["eval-tokenizers-recon-semseg"].data
     assert "train-tokenizer-rgb-report" in artifacts and "tokenize-report" in artifacts
+    # pretraining: val loss per modality beside its unigram baseline, and the loss curves
+    validation = {r["modality"]: r for r in json.loads(artifacts["pretrain-validation"].data)}
+    assert set(validation) == {"rgb", "depth", "normal", "semseg", "caption", "boxes"}
+    assert all(r["unigram baseline"] > 0 for r in validation.values())
+    assert "data:image/png;base64,iVBOR" in artifacts["pretrain-loss"].data
     # each stage's own output is streamed into the run log
     assert any("Running stage 'generate'" in m for m in logs)
     assert any("labeled validation of data/labels: 24/24" in m for m in logs)
@@ -104,6 +109,7 @@ def test_pipeline_flow_runs_stages_and_publishes_validation(
         "train-text-tokenizer",
         "eval-tokenizers",
         "tokenize",
+        "pretrain",
     }
     assert {r.prefect_flow_run_id for r in runs} == {str(state.state_details.flow_run_id)}
     assert all(r.dvc_lock_sha256 and len(r.dvc_lock_sha256) == 64 for r in runs)

@@ -219,3 +219,22 @@ def test_drop_last(token_set: Path) -> None:
     )
     sizes = [len(b) for b in epoch_ids(loader)]
     assert sizes == [4] * 7 and len(loader) == 7
+
+
+def test_interleaved_ranks_share_global_batches(token_set: Path) -> None:
+    """With interleave, batch j of W ranks (batch b each) holds batch j of one process (batch W*b)."""
+
+    def batches(rank: int, world: int, batch: int) -> list[list[str]]:
+        stream = TokenStream(
+            token_set, "train", batch_size=batch, seed=3, buffer_size=8, rank=rank, world_size=world,
+            interleave=True, equal_ranks=True, drop_last=True,
+        )  # fmt: skip
+        stream.set_epoch(1)
+        return epoch_ids(StreamLoader(stream, num_workers=0))
+
+    one = batches(0, 1, 6)
+    two = list(zip(batches(0, 2, 3), batches(1, 2, 3), strict=True))
+    assert len(one) == len(two) == N // 6
+    for whole, (a, b) in zip(one, two, strict=True):
+        assert sorted(whole) == sorted(a + b)
+    assert flat(one) != sorted(flat(one))  # shuffled

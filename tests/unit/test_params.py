@@ -15,7 +15,15 @@ pytestmark = pytest.mark.unit
 def test_repo_params_yaml_is_valid_and_complete() -> None:
     params = load_params(REPO / "params.yaml")
     # every section is written out explicitly: params.yaml is the one source
-    assert set(dump_params(params)) == {"generate", "label", "validate", "registry", "tokenizers", "tokenize"}
+    assert set(dump_params(params)) == {
+        "generate",
+        "label",
+        "validate",
+        "registry",
+        "tokenizers",
+        "tokenize",
+        "pretrain",
+    }
     assert dump_params(params) == dump_params(parse_params(dump_params(params)))
 
 
@@ -36,6 +44,18 @@ def test_repo_params_yaml_is_valid_and_complete() -> None:
         ({"label": {"labelers": {"colour": "oracle"}}}, "label.labelers.colour"),
         ({"validate": {"max_bad_fraction": 2}}, "validate.max_bad_fraction"),
         ({"pretrian": {}}, "pretrian: unknown key"),
+        ({"pretrain": {"model": {"size": "huge"}}}, "pretrain.model.size: Input should be 'debug'"),
+        (
+            {"pretrain": {"batch_size": 30, "processes": 4}},
+            "batch_size 30 must be divisible by grad_accum x processes",
+        ),
+        (
+            {"pretrain": {"masking": {"alphas": [0.5, 0]}}},
+            "alphas must be a non-empty list of positive numbers",
+        ),
+        ({"pretrain": {"masking": {"target_alphas": {"rgb": -1}}}}, "per-modality alphas must be >= 0"),
+        ({"pretrain": {"model": {"inputs": ["pixels"]}}}, "pretrain.model.inputs.0"),
+        ({"pretrain": {"steps": 10, "warmup_steps": 10}}, "warmup_steps (10) must be below steps (10)"),
         (
             {"tokenizers": {"vqvae": {"downsample": 6}}},
             "tokenizers.vqvae: Value error, downsample must be a power",

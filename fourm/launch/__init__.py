@@ -1,0 +1,1 @@
+"""Where a training job runs: ``local`` (torchrun on this machine); Kubernetes comes with issue 8."""

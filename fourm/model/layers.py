@@ -1,0 +1,105 @@
+"""Transformer building blocks: attention, feed-forward, encoder and decoder blocks.
+
+Pre-norm residual blocks; attention through ``F.scaled_dot_product_attention`` with a
+boolean mask (True = may attend). Shapes: B batch, N query tokens, M key tokens,
+D model dim, H heads, d = D / H.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fourm.model.config import ModelConfig
+
+
+class Attention(nn.Module):
+    """Multi-head attention; self-attention when ``context`` is None, else cross-attention."""
+
+    def __init__(self, config: ModelConfig, cross: bool = False):
+        super().__init__()
+        d, bias = config.dim, config.bias
+        self.heads = config.heads
+        self.cross = cross
+        if cross:
+            self.q = nn.Linear(d, d, bias=bias)
+            self.kv = nn.Linear(d, 2 * d, bias=bias)
+        else:
+            self.qkv = nn.Linear(d, 3 * d, bias=bias)
+        self.proj = nn.Linear(d, d, bias=bias)
+        # QK-norm (Dehghani et al. 2023): RMS-normalise queries and keys per head.
+        self.q_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps) if config.qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps) if config.qk_norm else nn.Identity()
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        B, N, D = x.shape
+        H = self.heads
+        if self.cross:
+            assert context is not None
+            M = context.shape[1]
+            q = self.q(x).view(B, N, H, D // H).transpose(1, 2)  # (B, H, N, d)
+            k, v = self.kv(context).view(B, M, 2, H, D // H).permute(2, 0, 3, 1, 4)  # 2 x (B, H, M, d)
+        else:
+            q, k, v = self.qkv(x).view(B, N, 3, H, D // H).permute(2, 0, 3, 1, 4)  # 3 x (B, H, N, d)
+        q, k = self.q_norm(q), self.k_norm(k)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, N, d)
+        return self.proj(y.transpose(1, 2).reshape(B, N, D))
+
+
+class FeedForward(nn.Module):
+    """GELU MLP or SwiGLU (Shazeer 2020), chosen by ``config.feed_forward``."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        d, h, bias = config.dim, config.hidden_dim, config.bias
+        self.swiglu = config.feed_forward == "swiglu"
+        self.fc1 = nn.Linear(d, 2 * h if self.swiglu else h, bias=bias)
+        self.fc2 = nn.Linear(h, d, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.swiglu:
+            gate, up = self.fc1(x).chunk(2, dim=-1)
+            return self.fc2(F.silu(gate) * up)
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.dim, eps=config.norm_eps, bias=config.bias)
+        self.attn = Attention(config)
+        self.norm2 = nn.LayerNorm(config.dim, eps=config.norm_eps, bias=config.bias)
+        self.mlp = FeedForward(config)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class DecoderBlock(nn.Module):
+    """Self-attention (masked per modality), cross-attention to the encoder, feed-forward."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        d, eps, bias = config.dim, config.norm_eps, config.bias
+        self.norm1 = nn.LayerNorm(d, eps=eps, bias=bias)
+        self.self_attn = Attention(config)
+        self.query_norm = nn.LayerNorm(d, eps=eps, bias=bias)
+        self.context_norm = nn.LayerNorm(d, eps=eps, bias=bias)
+        self.cross_attn = Attention(config, cross=True)
+        self.norm2 = nn.LayerNorm(d, eps=eps, bias=bias)
+        self.mlp = FeedForward(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor,
+        self_mask: torch.Tensor | None,
+        cross_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.norm1(x), self_mask)
+        x = x + self.cross_attn(self.query_norm(x), cross_mask, self.context_norm(context))
+        return x + self.mlp(self.norm2(x))
