@@ -1,6 +1,6 @@
 """4M masking: per-modality token arrays in, a masked batch (``fourm.model.batch``) out.
 
-Numpy only (the batch layout comes from fourm.model.batch), so it runs in data-loader workers. For every sample (after Mizrahi et
+Numpy only, so it runs in data-loader workers. For every sample (after Mizrahi et
 al., "4M", NeurIPS 2023, and the paper's public code):
 
 1. **Budgets.** Pick a mixture setting (probability weight / sum of weights), draw
@@ -66,7 +66,6 @@ from typing import Any
 
 import numpy as np
 
-from fourm.model.batch import FIELDS
 from fourm.modalities import ModalityError, get_modality
 
 SEQUENCE_KINDS = ("sequence", "boxes")
