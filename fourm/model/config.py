@@ -22,8 +22,9 @@ class ModelConfig:
     """Architecture of a 4M encoder-decoder.
 
     ``inputs`` get an encoder embedding, ``targets`` a decoder embedding and an output
-    head (tied to the decoder's token embedding where the decoder reads tokens, i.e.
-    for sequences, and always when ``tie_embeddings``). A modality may be both.
+    head. With ``tie_embeddings`` a sequence target's head shares its weight with the
+    decoder's token table (image targets enter as mask tokens, so they have no table
+    to tie to). A modality may be both an input and a target.
     """
 
     dim: int

@@ -62,7 +62,9 @@ class FourM(nn.Module):
         self.decoder_embed = DecoderEmbedding(config)
         self.decoder = nn.ModuleList([DecoderBlock(config) for _ in range(config.decoder_depth)])
         self.decoder_norm = nn.LayerNorm(d, eps=config.norm_eps, bias=config.bias)
-        self.heads = nn.ModuleDict({name: nn.Linear(d, config.vocab_size(name)) for name in config.targets})
+        self.heads = nn.ModuleDict(
+            {name: nn.Linear(d, config.vocab_size(name), bias=config.bias) for name in config.targets}
+        )
         self.patch_embed = PatchEmbedding(config) if "rgb_patches" in config.inputs else None
         # Sequence modalities whose decoder is causal (a buffer, so it follows .to(device)).
         is_seq = [get_modality(n).kind in ("sequence", "boxes") for n in self.modalities]

@@ -1,0 +1,64 @@
+"""``fourm bench train-step``: the batch DESIGN.md describes, the report, the CLI's last line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fourm.cli import app
+from fourm.model.config import bench_cpu_s
+from fourm.model.model import FourM
+from fourm.train import bench
+from fourm.train.bench import bench_batch, bench_train_step
+
+pytestmark = pytest.mark.unit
+
+
+def test_bench_batch_has_designs_layout() -> None:
+    config = bench_cpu_s()
+    b = bench_batch(config, 4)
+    mods = config.modalities
+    assert b.enc_tokens.shape == (4, 128) and b.dec_tokens.shape == (4, 128)
+    assert not b.enc_pad.any() and not b.dec_pad.any()
+    for names, mod, pos in (
+        (("rgb", "depth", "normal", "caption"), b.enc_mod, b.enc_pos),
+        (("depth", "normal", "semseg", "caption"), b.dec_mod, b.dec_pos),
+    ):
+        for i, name in enumerate(names):  # 32 contiguous slots per modality, in this order
+            block = slice(32 * i, 32 * (i + 1))
+            assert (mod[:, block] == mods.index(name)).all()
+            if name == "caption":
+                assert (pos[:, block] == torch.arange(32)).all()
+            else:  # distinct grid positions
+                assert all(len(set(row.tolist())) == 32 and row.max() < 64 for row in pos[:, block])
+    # teacher forcing: the caption's decoder input is the previous target
+    caption = slice(96, 128)
+    assert torch.equal(b.dec_tokens[:, caption][:, 1:], b.targets[:, caption][:, :-1])
+    # the model takes it
+    out = FourM(config)(b)
+    assert torch.isfinite(out.loss)
+    assert out.counts.tolist() == [0, 4 * 32, 4 * 32, 4 * 32, 4 * 32]  # rgb is input only
+
+
+def test_bf16_is_skipped_without_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench, "cpu_has_native_bf16", lambda: False)
+    r = bench_train_step(batch_size=2, warmup=0, steps=1, threads=1, modes=("fp32", "bf16"))
+    assert r["modes"]["bf16"]["skipped"] == "no native bf16 on this CPU (no AMX/avx512_bf16)"
+    assert r["matmul_peak"]["bf16"] == {"skipped": "no native bf16 on this CPU (no AMX/avx512_bf16)"}
+    fp32 = r["modes"]["fp32"]
+    assert fp32["median_s"] > 0 and fp32["tokens_per_s"] == pytest.approx(2 * 256 / fp32["median_s"])
+    assert r["params"]["matches_design"]
+    assert r["train_step_gflop"] == pytest.approx(219.04 / 16, rel=1e-3)  # batch 2 of 32
+
+
+def test_cli_prints_one_json_object_last(tmp_path) -> None:
+    profile = tmp_path / "profile.txt"
+    args = ["bench", "train-step", "--batch-size", "2", "--steps", "1", "--warmup", "0", "--threads", "1"]
+    result = CliRunner().invoke(app, [*args, "--mode", "fp32", "--profile", str(profile)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert report["bench"] == "train-step" and set(report["modes"]) == {"fp32"}
+    assert "aten::mm" in profile.read_text()
