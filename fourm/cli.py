@@ -490,15 +490,27 @@ def bench_loader_cmd(
     workers: Annotated[int, typer.Option()] = 2,
     batches: Annotated[int, typer.Option()] = 200,
     repeats: Annotated[int, typer.Option()] = 5,
+    mask: Annotated[
+        bool, typer.Option("--mask", help="Also mask each batch as training does (4M budgets 128/128).")
+    ] = False,
 ) -> None:
-    """Samples/s of the token-shard loader (local disk or S3)."""
-    from fourm.data.loader_bench import bench_loader
+    """Samples/s of the token-shard loader (local disk or S3), optionally with masking."""
+    if mask:
+        from fourm.train.batches_bench import bench_masked_batches
 
-    result = bench_loader(
-        location, batch_size=batch_size, num_workers=workers, batches=batches, repeats=repeats
-    )
+        result = bench_masked_batches(
+            location, batch_size=batch_size, num_workers=workers, batches=batches, repeats=repeats
+        )
+    else:
+        from fourm.data.loader_bench import bench_loader
+
+        result = bench_loader(
+            location, batch_size=batch_size, num_workers=workers, batches=batches, repeats=repeats
+        )
     r = result["samples_per_s"]
-    out.print(f"loader: median {r['median']:,.0f} samples/s (min {r['min']:,.0f}, max {r['max']:,.0f})")
+    out.print(
+        f"{result['bench']}: median {r['median']:,.0f} samples/s (min {r['min']:,.0f}, max {r['max']:,.0f})"
+    )
     print(json.dumps(result))
 
 

@@ -50,6 +50,22 @@ TINY = {
 CPU = DistInfo(0, 1, 0, torch.device("cpu"))
 
 
+class RecordingTracker:
+    """Stands in for W&B (the Tracker protocol of fourm/tracking.py): keeps what is logged."""
+
+    def __init__(self) -> None:
+        self.logged: list[tuple[int, dict]] = []
+
+    def log(self, metrics: dict, step: int) -> None:
+        self.logged.append((step, dict(metrics)))
+
+    def summary(self, metrics: dict) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
 def tiny(**over) -> PretrainParams:
     return PretrainParams.model_validate({**TINY, **over})
 
@@ -219,8 +235,22 @@ def test_divergence_stops_before_the_update_and_keeps_the_last_good_checkpoint(t
 
 
 def test_learns_the_structure_far_below_the_unigram_baseline(tokens: Path, tmp_path: Path):
-    params = tiny(steps=160, eval_every=80, checkpoint_every=160, lr=5e-3, warmup_steps=5)
-    result = train_4m(params, TokenSet.open(tokens), CheckpointStore(tmp_path / "ckpt"), CPU)
+    params = tiny(steps=160, eval_every=80, checkpoint_every=160, lr=5e-3, warmup_steps=5, log_every=40)
+    tracker = RecordingTracker()
+    result = train_4m(params, TokenSet.open(tokens), CheckpointStore(tmp_path / "ckpt"), CPU, tracker=tracker)
+    # what W&B receives: total and per-modality loss, lr, grad norm, throughput; val per modality
+    assert [step for step, _ in tracker.logged if "loss" in _] == [40, 80, 120, 160]
+    train_keys = set(tracker.logged[0][1])
+    assert {
+        "loss",
+        "loss/semseg",
+        "loss/caption",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "model_flops_per_s",
+    } <= train_keys
+    assert {"val/loss", "val/semseg"} <= {k for _, m in tracker.logged for k in m}
     final = result.validation[-1]
     # semseg and the caption follow the scene class that any rgb token reveals.
     assert final["semseg"] < 0.25 * result.baseline["semseg"], (final["semseg"], final, result.baseline)

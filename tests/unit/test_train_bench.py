@@ -62,3 +62,20 @@ def test_cli_prints_one_json_object_last(tmp_path) -> None:
     report = json.loads(result.output.strip().splitlines()[-1])
     assert report["bench"] == "train-step" and set(report["modes"]) == {"fp32"}
     assert "aten::mm" in profile.read_text()
+
+
+def test_masked_loader_bench_reports_masked_samples(tmp_path):
+    from fourm.train.batches_bench import bench_masked_batches
+    from tests.token_data import tiny_token_set
+
+    tokens = tiny_token_set(tmp_path / "tokens", train=64, val=8)
+    result = bench_masked_batches(
+        tokens, batch_size=8, num_workers=0, batches=3, repeats=1, input_budget=32, target_budget=32
+    )
+    assert result["bench"] == "masked-loader" and result["modalities"] == [
+        "rgb",
+        "depth",
+        "semseg",
+        "caption",
+    ]
+    assert result["samples_per_s"]["median"] > 0

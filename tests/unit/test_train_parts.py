@@ -93,3 +93,18 @@ def test_model_file_round_trip_and_bad_file(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a model")
     with pytest.raises(CheckpointError, match=r"bad\.pt: not a fourm model file"):
         load_model(tmp_path / "bad.pt")
+
+
+def test_step_progress_prints_rate_and_eta_when_not_a_terminal(capsys):
+    from fourm.progress import StepProgress
+
+    bar = StepProgress(20, "pretrain demo")
+    for step in range(1, 21):
+        bar.update(step, f"loss {1 / step:.2f}")
+    bar.close()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 10  # one per 10%
+    assert (
+        lines[0].startswith("pretrain demo: 2/20 steps (") and "ETA" in lines[0] and "loss 0.50" in lines[0]
+    )
+    assert lines[-1].startswith("pretrain demo: 20/20 steps") and "ETA 0 s" in lines[-1]
