@@ -190,7 +190,7 @@ def tokenize_flow(
 
 @task(name="pretrain", retries=1, retry_delay_seconds=[10], retry_condition_fn=only_transient_errors)
 def pretrain_task(
-    params: PretrainParams, tokens: str, out_dir: str, reports_dir: str, processes: int
+    params: PretrainParams, tokens: str, out_dir: str, reports_dir: str, processes: int | None
 ) -> dict:
     """A retry resumes from the run's latest checkpoint (same params and token set)."""
     return stages.pretrain(params, Path(tokens), Path(out_dir), Path(reports_dir), processes=processes)
@@ -202,7 +202,7 @@ def pretrain_flow(
     tokens: str = "data/tokens",
     out_dir: str = "models/pretrain",
     reports_dir: str = "reports/pretrain",
-    processes: int = 1,
+    processes: int | None = None,
 ) -> dict:
     """Pretrain 4M on a token set; val loss per modality vs. the unigram baseline, loss curves."""
     metrics = pretrain_task(params or load_params().pretrain, tokens, out_dir, reports_dir, processes)

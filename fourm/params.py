@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SPLITS = ("train", "val", "test")
+MASKING_SENTINELS = 32  # sentinel tokens span masking uses (fourm/model/masking_config.py)
 
 
 class StrictModel(BaseModel):
@@ -287,6 +288,17 @@ class Params(StrictModel):
     pretrain: PretrainParams = PretrainParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _sentinels_for_masking(self) -> Params:
+        used = {*self.pretrain.model.inputs, *self.pretrain.model.targets} & {"caption", "boxes"}
+        if used and self.tokenizers.text.num_sentinels < MASKING_SENTINELS:
+            raise ValueError(
+                f"tokenizers.text.num_sentinels ({self.tokenizers.text.num_sentinels}) must be at least "
+                f"{MASKING_SENTINELS}: pretraining span-masks {sorted(used)} with up to {MASKING_SENTINELS} "
+                "sentinel tokens"
+            )
+        return self
 
 
 class ParamsError(ValueError):

@@ -227,6 +227,7 @@ def pretrain(
 
     settings = settings or get_settings()
     processes = processes or params.processes
+    params = params.model_copy(update={"processes": processes})  # what the run really used
     inputs = [token_set_artifact(tokens_dir, None)]
     with recorded_run(settings, stage_name("pretrain"), _section(params), inputs) as rec:
         if processes == 1:

@@ -7,8 +7,9 @@ Attention rules (Mizrahi et al. 2023, Sec. 3):
 - encoder: every real input token attends to every real input token;
 - decoder self-attention: only among tokens of the same modality, causal within
   sequence modalities (captions, boxes); cross-attention to every real encoder token;
-- padding is never a key, so it cannot change a real token's output. Each query may
-  always attend to itself, so padded rows stay finite.
+- padding is never a key, so it cannot change a real token's output. In the decoder
+  each query may always attend to itself, and a sample with no real encoder token may
+  attend to its first slot, so no attention row is fully masked.
 """
 
 from __future__ import annotations
@@ -90,10 +91,15 @@ class FourM(nn.Module):
 
     @staticmethod
     def key_padding_mask(pad: torch.Tensor) -> torch.Tensor | None:
-        """(B, 1, 1, M) True = may attend, or None when nothing is padded (faster kernels)."""
+        """(B, 1, 1, M) True = may attend, or None when nothing is padded (faster kernels).
+
+        A sample whose slots are all padding may attend to its first slot, so no query row is
+        fully masked (some kernels return NaN for those); its outputs are padding anyway."""
         if not bool(pad.any()):
             return None
-        return (~pad)[:, None, None, :]
+        keep = ~pad
+        keep[:, 0] |= pad.all(dim=1)
+        return keep[:, None, None, :]
 
     def decoder_self_mask(self, mod: torch.Tensor, pos: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         """(B, 1, T, T): same modality, not padding, causal inside sequences; self always allowed."""

@@ -142,7 +142,9 @@ class TrainBatches:
             except StopIteration:
                 self._iter = None
                 continue
-            return mask_batch(self.masker, batch, self.config.modalities, self.loader.epoch)
+            # The loader moves to the next epoch as it yields an epoch's last batch.
+            epoch = self.loader.epoch - (1 if self.loader.consumed == 0 else 0)
+            return mask_batch(self.masker, batch, self.config.modalities, epoch)
 
     def state_dict(self) -> dict[str, Any]:
         return self.loader.state_dict()

@@ -83,8 +83,10 @@ def wrap_model(model: nn.Module, info: DistInfo, strategy: str) -> nn.Module:
         for block in [*model.encoder, *model.decoder]:
             fully_shard(block)
         return fully_shard(model)
-    return nn.parallel.DistributedDataParallel(
-        model, device_ids=[info.local_rank] if info.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(  # buffers are fixed position tables: nothing to sync
+        model,
+        device_ids=[info.local_rank] if info.device.type == "cuda" else None,
+        broadcast_buffers=False,
     )
 
 

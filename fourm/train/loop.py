@@ -15,9 +15,11 @@ before the optimizer step, so the last checkpoint stays the last good state.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -63,6 +65,7 @@ class TrainResult:
     tokens_per_second: float
     model_flops_per_second: float
     tokenizers: dict[str, str] = field(default_factory=dict)
+    model_state: dict[str, torch.Tensor] = field(default_factory=dict)  # full (unsharded), on the CPU
 
 
 def config_from_params(params: PretrainParams) -> ModelConfig:
@@ -72,28 +75,41 @@ def config_from_params(params: PretrainParams) -> ModelConfig:
     )
 
 
-def run_fingerprint(params: PretrainParams, token_set: TokenSet) -> str:
-    """What must match to resume: every param that changes training except the step count and
-    bookkeeping cadences, and the exact token set."""
+def code_fingerprint() -> str:
+    """sha256 of the model, masking, training and loader sources: a code change is a new run."""
+    root = Path(__file__).resolve().parents[1]
+    files = sorted(
+        [*(root / "model").glob("*.py"), *(root / "train").glob("*.py"), root / "data" / "loader.py"]
+    )
+    digest = hashlib.sha256()
+    for f in files:
+        if "bench" not in f.name:
+            digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()
+
+
+def run_fingerprint(params: PretrainParams, token_set: TokenSet, world_size: int = 1) -> str:
+    """What must match to resume: every param that changes training (step count included), the
+    number of processes, the code and the exact token set. Same fingerprint, same run."""
     keep = params.model_dump(
         mode="json",
         exclude={
-            "steps",
             "log_every",
-            "eval_every",
-            "eval_batches",
             "checkpoint_every",
             "keep_checkpoints",
             "loader_workers",
+            "processes",
+            "upload_checkpoints",
         },
     )
-    return sha256_bytes(canonical_json({"params": keep, "tokens": token_set.card}))[:16]
+    record = {"params": keep, "world_size": world_size, "code": code_fingerprint(), "tokens": token_set.card}
+    return sha256_bytes(canonical_json(record))[:16]
 
 
 def _micro_loss(out_sums: torch.Tensor, counts: torch.Tensor, world: int) -> torch.Tensor:
     """This rank's share of the global modality-balanced loss (see the module doc)."""
     present = counts > 0
-    return world * (out_sums[present] / counts[present].to(out_sums.dtype)).sum() / present.sum()
+    return world * (out_sums[present] / counts[present].to(out_sums.dtype)).sum() / present.sum().clamp(min=1)
 
 
 def train_4m(
@@ -115,14 +131,18 @@ def train_4m(
     tracker = tracker or NullTracker()
     config = config_from_params(params)
     tokenizers = check_compatible(token_set, config)
-    fingerprint = run_fingerprint(params, token_set)
+    if params.batch_size % (info.world_size * params.grad_accum):
+        raise ValueError(
+            f"pretrain.batch_size {params.batch_size} is not divisible by {info.world_size} processes "
+            f"x grad_accum {params.grad_accum}"
+        )
+    fingerprint = run_fingerprint(params, token_set, info.world_size)
     device = info.device
     torch.manual_seed(params.seed)
     model = FourM(config).to(device)
     bf16 = use_bf16(params.bf16, device.type)
     masker = Masker(masking_config(params.masking, config, params.seed))
     per_rank = params.batch_size // info.world_size
-    micro = per_rank // params.grad_accum
     batches = TrainBatches(
         token_set,
         config,
@@ -135,7 +155,8 @@ def train_4m(
         params.loader_workers,
         store_factory,
     )
-    val = validation_batches(token_set, config, masker, micro, params.eval_batches)
+    # Validation and baseline batches do not depend on processes or accumulation.
+    val = validation_batches(token_set, config, masker, params.batch_size, params.eval_batches)
     wrapped = wrap_model(model, info, params.strategy)
     optimizer = make_optimizer(model, params.lr, params.weight_decay)
     scheduler = make_scheduler(optimizer, params.warmup_steps, params.steps, params.min_lr_factor)
@@ -152,11 +173,13 @@ def train_4m(
         history, validation = state["history"], state["validation"]
 
     baseline = unigram_baseline(
-        validation_batches(token_set, config, masker, micro, BASELINE_BATCHES, split="train"),
+        validation_batches(token_set, config, masker, params.batch_size, BASELINE_BATCHES, split="train"),
         val,
         config,
     )
     flops_per_sample = _flops_per_sample(config, val[0]) if val else 0
+    if resumed_from is not None and info.is_main:
+        print(f"resuming from step {resumed_from} of {params.steps} ({checkpoints.directory})", flush=True)
     M = len(config.modalities)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     start_time, trained_steps, tokens_seen = time.perf_counter(), 0, 0
@@ -227,6 +250,7 @@ def train_4m(
             progress(step, params.steps, record)
     seconds = time.perf_counter() - start_time
     tps = tokens_seen / seconds if trained_steps else 0.0
+    model_state, _ = full_state(model, optimizer)  # a collective under FSDP: every rank takes part
     return TrainResult(
         model=model,
         config=config,
@@ -240,6 +264,7 @@ def train_4m(
         if trained_steps
         else 0.0,
         tokenizers=tokenizers,
+        model_state=model_state,
     )
 
 
@@ -258,7 +283,8 @@ def _no_sync(wrapped: torch.nn.Module) -> contextlib.AbstractContextManager:
 
 def _flops_per_sample(config: ModelConfig, batch: MaskedBatch) -> int:
     """Forward matmul FLOPs of one sample at the budgets (padding included: it is computed)."""
-    dec = {n: int((batch.dec_mod == i).sum()) // len(batch) for i, n in enumerate(config.modalities)}
+    real = ~batch.dec_pad
+    dec = {n: int((real & (batch.dec_mod == i)).sum()) // len(batch) for i, n in enumerate(config.modalities)}
     return forward_matmul_flops(
         config, batch.enc_tokens.shape[1], {k: v for k, v in dec.items() if v and k in config.targets}
     )

@@ -35,11 +35,14 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def save_model(path: Path, model: FourM, extra: dict[str, Any]) -> None:
-    """Weights and config (no optimizer) for generation, evaluation and fine-tuning."""
+def save_model(
+    path: Path, config: ModelConfig, state: dict[str, torch.Tensor], extra: dict[str, Any]
+) -> None:
+    """Weights (a full, unsharded state dict) and config, no optimizer: for generation,
+    evaluation and fine-tuning."""
     buf = io.BytesIO()
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"model_config": model.config.to_dict(), "model": state, **extra}, buf)
+    state = {k: v.detach().cpu() for k, v in state.items()}
+    torch.save({"model_config": config.to_dict(), "model": state, **extra}, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -56,7 +59,10 @@ def load_model(path: Path | str, device: str | torch.device = "cpu") -> tuple[Fo
     except Exception as err:  # noqa: BLE001 - torch/pickle raise many kinds for a bad file
         raise CheckpointError(f"{path}: not a fourm model file ({err})") from err
     model = FourM(config)
-    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    except RuntimeError as err:  # shapes that do not fit the config
+        raise CheckpointError(f"{path}: weights do not fit the config ({err})") from err
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: weights do not fit the config (missing {missing[:5]}, unexpected {unexpected[:5]})"

@@ -40,10 +40,15 @@ class PretrainReport:
 
 
 def checkpoint_store(
-    params: PretrainParams, token_set: TokenSet, home: Path, bucket: str | None, store: Any = None
+    params: PretrainParams,
+    token_set: TokenSet,
+    home: Path,
+    bucket: str | None,
+    store: Any = None,
+    world_size: int = 1,
 ) -> CheckpointStore:
     """Checkpoints of this run's fingerprint under ``home/checkpoints`` and, with a bucket, in S3."""
-    name = f"pretrain-{run_fingerprint(params, token_set)}"
+    name = f"pretrain-{run_fingerprint(params, token_set, world_size)}"
     uri = f"s3://{bucket}/{name}" if bucket and store is not None else None
     return CheckpointStore(home / "checkpoints" / name, uri, store, keep=params.keep_checkpoints)
 
@@ -73,7 +78,7 @@ def run_pretrain(
         store_factory=store_factory,
         stop_after=stop_after,
     )
-    report = _report(result, run_fingerprint(params, token_set))
+    report = _report(result, run_fingerprint(params, token_set, info.world_size))
     if info.is_main and (stop_after is None or stop_after >= params.steps):
         write_outputs(out_dir, reports_dir, result, report, token_set)
     return report
@@ -112,7 +117,7 @@ def write_outputs(
             "token_set": token_set.card,
             "fingerprint": report.fingerprint,
         }
-        save_model(tmp / MODEL_FILE, result.model, extra)
+        save_model(tmp / MODEL_FILE, result.config, result.model_state, extra)
     with atomic_output_dir(reports_dir) as tmp:
         timing = ("tokens_per_s", "model_flops_per_s")
         write_csv(

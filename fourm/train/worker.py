@@ -41,7 +41,7 @@ def pretrain_process(
             store = ObjectStore.from_settings(settings)
         token_set = TokenSet.open(tokens, store if str(tokens).startswith("s3://") else None)
         bucket = settings.buckets.checkpoints if params.upload_checkpoints else None
-        checkpoints = checkpoint_store(params, token_set, settings.home_dir, bucket, store)
+        checkpoints = checkpoint_store(params, token_set, settings.home_dir, bucket, store, info.world_size)
         tracker = (
             make_tracker(
                 settings, "fourm-pretrain", f"pretrain-{params.model.size}", params.model_dump(mode="json")

@@ -161,3 +161,35 @@ def test_stage_flow_with_typed_params(prefect_server: None, tmp_path: Path) -> N
     # the flow's parameter schema is the params model, so the UI form shows its fields
     schema = generate_flow.parameters.model_dump()["definitions"]
     assert set(GenerateParams.model_fields) <= set(schema["GenerateParams"]["properties"])
+
+
+def test_pretrain_flow_with_typed_params_publishes_validation_and_curves(
+    prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.stages import pretrain_flow
+    from fourm.params import PretrainParams
+    from tests.token_data import tiny_token_set
+
+    monkeypatch.setenv("FOURM_REGISTRY_URL", f"sqlite:///{tmp_path / 'registry.db'}")
+    tokens = tiny_token_set(tmp_path / "tokens", train=32, val=8)
+    params = {
+        "model": {"size": "debug", "inputs": ["rgb", "caption"], "targets": ["semseg", "caption"]},
+        "masking": {"input_budget": 16, "target_budget": 16},
+        "steps": 4, "batch_size": 4, "warmup_steps": 1, "eval_every": 2, "eval_batches": 1,
+        "checkpoint_every": 2, "loader_workers": 0, "bf16": False, "upload_checkpoints": False,
+    }  # fmt: skip
+    state = pretrain_flow(
+        params=params,
+        tokens=str(tokens),
+        out_dir=str(tmp_path / "model"),
+        reports_dir=str(tmp_path / "reports"),
+        return_state=True,
+    )
+    assert state.is_completed(), state.message
+    assert state.result()["steps"] == 4 and (tmp_path / "model" / "model.pt").exists()
+    artifacts, _ = _artifacts_and_logs(state.state_details.flow_run_id)
+    rows = {r["modality"]: r for r in json.loads(artifacts["pretrain-validation"].data)}
+    assert set(rows) == {"semseg", "caption"} and rows["semseg"]["unigram baseline"] > 0
+    assert "data:image/png;base64,iVBOR" in artifacts["pretrain-loss"].data
+    schema = pretrain_flow.parameters.model_dump()["definitions"]
+    assert set(PretrainParams.model_fields) <= set(schema["PretrainParams"]["properties"])

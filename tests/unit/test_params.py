@@ -56,6 +56,7 @@ def test_repo_params_yaml_is_valid_and_complete() -> None:
         ({"pretrain": {"masking": {"target_alphas": {"rgb": -1}}}}, "per-modality alphas must be >= 0"),
         ({"pretrain": {"model": {"inputs": ["pixels"]}}}, "pretrain.model.inputs.0"),
         ({"pretrain": {"steps": 10, "warmup_steps": 10}}, "warmup_steps (10) must be below steps (10)"),
+        ({"tokenizers": {"text": {"num_sentinels": 8}}}, "num_sentinels (8) must be at least 32"),
         (
             {"tokenizers": {"vqvae": {"downsample": 6}}},
             "tokenizers.vqvae: Value error, downsample must be a power",
