@@ -4,7 +4,8 @@ Under torchrun (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set) the process group st
 with NCCL on GPUs and gloo on CPUs; without it everything runs in one process and
 the collectives below are no-ops. The model is wrapped with DDP, or sharded with
 FSDP2 (``fully_shard``) for the large sizes; checkpoints go through the full
-(unsharded) state dicts either way, so they load into any world size.
+(unsharded) state dicts either way, so model files hold plain tensors whatever the
+strategy. Resuming needs the same number of processes (the run fingerprint has it).
 """
 
 from __future__ import annotations
