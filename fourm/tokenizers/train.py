@@ -83,6 +83,7 @@ def _save_checkpoint(
             "optimizer": opt.state_dict(),
             "step": step,
             "generator": gen.get_state(),
+            "torch_rng": torch.get_rng_state(),  # dead-code restarts draw from the global generator
             "history": history,
             "fingerprint": fingerprint,
         },
@@ -127,6 +128,8 @@ def train_vqvae(
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             gen.set_state(state["generator"])
+            if "torch_rng" in state:
+                torch.set_rng_state(state["torch_rng"])
             history = state["history"]
             start = resumed_from = state["step"]
     n = len(inputs)

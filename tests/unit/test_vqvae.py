@@ -146,3 +146,17 @@ def test_metrics_on_known_values() -> None:
     usage = metrics.codebook_usage(np.array([0, 1, 2, 3]), 8)
     assert usage["code_usage"] == 0.5 and usage["perplexity"] == pytest.approx(4.0)
     assert metrics.box_iou([0, 0, 2, 2], [1, 0, 3, 2]) == pytest.approx(1 / 3)
+
+
+def test_resume_is_exact_with_dead_code_restarts(tmp_path: Path) -> None:
+    """Restarts draw from torch's global generator, which the checkpoint must carry too."""
+    params = TINY.model_copy(update={"dead_code_threshold": 1e6})  # every code restarts every step
+    values = _semseg(12)
+    spec = get_modality("semseg")
+    a = train_vqvae(spec, params, values, 64, checkpoint_dir=tmp_path / "a")
+    resumed = train_vqvae(spec, params, values, 64, checkpoint_dir=tmp_path / "a")
+    assert resumed.resumed_from == 3
+    for (k, va), vr in zip(
+        a.tokenizer.model.state_dict().items(), resumed.tokenizer.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(va, vr), k
