@@ -15,12 +15,35 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fourm.data.loader_bench import make_bench_token_set
-from fourm.data.token_shards import TokenSet
+import numpy as np
+
+from fourm.data.loader_bench import BENCH_SPECS
+from fourm.data.token_shards import TokenSet, TokenSetWriter
 from fourm.model.config import model_config
 from fourm.model.masking import Masker
 from fourm.params import MaskingParams
 from fourm.train.data import TrainBatches, masking_config
+
+
+def make_masked_bench_set(root: Path, num_samples: int = 2000, per_shard: int = 256, seed: int = 0) -> Path:
+    """``bench-cpu-s``-shaped random tokens whose captions are well formed: ``[SOS] 5-30 words [EOS]``."""
+    writer = TokenSetWriter(root, BENCH_SPECS)
+    rng = np.random.default_rng(seed)
+    for i, lo in enumerate(range(0, num_samples, per_shard)):
+        n = min(per_shard, num_samples - lo)
+        arrays = {
+            m: rng.integers(0, s.vocab_size, (n, s.length)) for m, s in BENCH_SPECS.items() if m != "caption"
+        }
+        caption = np.zeros((n, BENCH_SPECS["caption"].length), dtype=np.int64)
+        lengths = rng.integers(5, 31, n)
+        caption[:, 0] = 2  # [SOS]
+        for row, length in enumerate(lengths):
+            caption[row, 1 : 1 + length] = rng.integers(100, 8192, length)
+            caption[row, 1 + length] = 3  # [EOS]
+        arrays["caption"] = caption
+        writer.add_shard(f"train-{i:06d}", "train", [f"b{lo + j:07d}" for j in range(n)], arrays)
+    writer.finish({"synthetic": True, "seed": seed})
+    return root
 
 
 def bench_masked_batches(
@@ -40,7 +63,7 @@ def bench_masked_batches(
     with tempfile.TemporaryDirectory(prefix="fourm-bench-masked-") as tmp:
         if location is None:
             location = Path(tmp) / "tokens"
-            make_bench_token_set(location, 2000)
+            make_masked_bench_set(location)
         token_set = TokenSet.open(location)
         names = tuple(
             m for m in ("rgb", "depth", "normal", "semseg", "caption", "boxes") if m in token_set.modalities

@@ -9,7 +9,6 @@ refuses a token set that does not fit the model before any training starts.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -167,10 +166,6 @@ def validation_batches(
         if len(out) >= count:
             break
     return out
-
-
-def open_token_set(location: str | Path, store: Any = None) -> TokenSet:
-    return TokenSet.open(location, store)
 
 
 def unigram_baseline(

@@ -132,7 +132,7 @@ def train_4m(
     config = config_from_params(params)
     tokenizers = check_compatible(token_set, config)
     if params.batch_size % (info.world_size * params.grad_accum):
-        raise ValueError(
+        raise IncompatibleError(
             f"pretrain.batch_size {params.batch_size} is not divisible by {info.world_size} processes "
             f"x grad_accum {params.grad_accum}"
         )
