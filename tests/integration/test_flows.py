@@ -89,7 +89,9 @@ def test_pipeline_flow_runs_stages_and_publishes_validation(
     # pretraining: val loss per modality beside its unigram baseline, and the loss curves
     validation = {r["modality"]: r for r in json.loads(artifacts["pretrain-validation"].data)}
     # a tiny run (4 val samples, 16 targets each) need not draw targets of every modality
-    assert set(validation) <= {"rgb", "depth", "normal", "semseg", "caption", "boxes"} and len(validation) >= 3
+    assert (
+        set(validation) <= {"rgb", "depth", "normal", "semseg", "caption", "boxes"} and len(validation) >= 3
+    )
     assert all(r["unigram baseline"] > 0 for r in validation.values())
     assert "data:image/png;base64,iVBOR" in artifacts["pretrain-loss"].data
     # each stage's own output is streamed into the run log
