@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from pydantic import BaseModel
 
 from flows.artifacts import (
@@ -192,8 +192,12 @@ def tokenize_flow(
 def pretrain_task(
     params: PretrainParams, tokens: str, out_dir: str, reports_dir: str, processes: int | None
 ) -> dict:
-    """A retry resumes from the run's latest checkpoint (same params and token set)."""
-    return stages.pretrain(params, Path(tokens), Path(out_dir), Path(reports_dir), processes=processes)
+    """A retry resumes from the run's latest checkpoint (same params and token set). On Kubernetes,
+    rank 0's log and the pods' events go to this task's log."""
+    logger = get_run_logger()
+    return stages.pretrain(
+        params, Path(tokens), Path(out_dir), Path(reports_dir), processes=processes, log=logger.info
+    )
 
 
 @flow(name="fourm-pretrain")

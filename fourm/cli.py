@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fourm.params import ParamsError, load_params
+from fourm.params import ParamsError, PretrainParams, load_params
 from fourm.registry.cli import registry_app
 from fourm.settings import get_settings
 
@@ -361,6 +361,16 @@ def tokenizer_eval(
     out.print(table)
 
 
+def _parse_part(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected INDEX/COUNT, e.g. 0/4", param_hint="--part") from None
+    if not 0 <= index < count:
+        raise typer.BadParameter(f"{text!r}: INDEX must be in 0..COUNT-1", param_hint="--part")
+    return index, count
+
+
 @app.command("tokenize")
 @friendly_errors
 def tokenize_cmd(
@@ -371,12 +381,28 @@ def tokenize_cmd(
     tokenizers: TokenizersOpt = Path("data/tokenizers"),
     out_dir: Annotated[Path, typer.Option("--out")] = Path("data/tokens"),
     report: Annotated[Path | None, typer.Option("--report")] = None,
+    part: Annotated[
+        str | None,
+        typer.Option(
+            "--part", help="I/N: only the I-th of N ranges of shards, published for a later full run."
+        ),
+    ] = None,
 ) -> None:
     """Encode every accepted sample with every tokenizer into token shards (and publish them to S3)."""
     from fourm import stages
 
     params = load_params(params_file)
-    result = stages.tokenize(params.tokenize, _dataset_inputs(raw, labels, accepted), tokenizers, out_dir)
+    inputs = _dataset_inputs(raw, labels, accepted)
+    if part is not None:
+        index, count = _parse_part(part)
+        result = stages.tokenize(params.tokenize, inputs, tokenizers, out_dir, part=(index, count))
+        out.print(
+            f"tokenize part {index}/{count}: {result.encoded_shards} shards encoded, "
+            f"{result.reused_shards} already published ({result.num_samples} samples)",
+            highlight=False,
+        )
+        return
+    result = stages.tokenize(params.tokenize, inputs, tokenizers, out_dir)
     _write_report(
         report, {k: v for k, v in result.to_dict().items() if k not in ("encoded_shards", "reused_shards")}
     )
@@ -415,7 +441,12 @@ def train_cmd(
     reports_dir: Annotated[
         Path, typer.Option("--reports", help="metrics.json, loss CSVs and loss.png.")
     ] = Path("reports/pretrain"),
-    launcher: Annotated[str, typer.Option("--launcher", help="local (torchrun on this machine).")] = "local",
+    launcher: Annotated[
+        str | None,
+        typer.Option(
+            "--launcher", help="local (torchrun here) or kubernetes (pods; default: pretrain.launcher)."
+        ),
+    ] = None,
     processes: Annotated[
         int | None, typer.Option("--processes", help="torchrun processes (default: pretrain.processes).")
     ] = None,
@@ -426,12 +457,14 @@ def train_cmd(
     """Pretrain 4M on a token set (DDP over --processes); writes model.pt, metrics, loss curves."""
     from fourm import stages
 
-    if launcher != "local":
-        raise typer.BadParameter(f"unknown launcher {launcher!r}; available: local", param_hint="--launcher")
-    params = load_params(params_file)
-    metrics = stages.pretrain(
-        params.pretrain, tokens, out_dir, reports_dir, processes=processes, resume=resume
-    )
+    if launcher not in (None, "local", "kubernetes"):
+        raise typer.BadParameter(
+            f"unknown launcher {launcher!r}; available: local, kubernetes", param_hint="--launcher"
+        )
+    pretrain = load_params(params_file).pretrain
+    if launcher:
+        pretrain = PretrainParams.model_validate({**pretrain.model_dump(), "launcher": launcher})
+    metrics = stages.pretrain(pretrain, tokens, out_dir, reports_dir, processes=processes, resume=resume)
     ratios = ", ".join(f"{k} {v:.2f}" for k, v in metrics["below_baseline"].items())
     out.print(
         f"pretrained {metrics['parameters'] / 1e6:.1f}M-parameter 4M for {metrics['steps']} steps: "

@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     prefect_api_url: str | None = None
     k8s_namespace: str = "fourm"
     k8s_image: str = "fourm:latest"
+    k8s_config: Path | None = Field(
+        None, description="kubeconfig file; default KUBECONFIG or ~/.kube/config."
+    )
+    k8s_context: str | None = Field(None, description="kubeconfig context; default its current one.")
     wandb_mode: str = "offline"
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -182,22 +183,61 @@ def tokenize(
     tokenizers_root: Path,
     out_dir: Path,
     settings: Settings | None = None,
+    *,
+    part: tuple[int, int] | None = None,
+    kube_api: Any = None,
+    log: Callable[[str], None] | None = None,
 ) -> TokenizeReport:
+    """Tokenize (and record the token set). ``part``: only that range of source shards, published
+    for a later full run (not recorded). ``launcher: kubernetes``: the parts run as an Indexed
+    Job first, then this process assembles the set from them."""
     settings = settings or get_settings()
     names = sorted({get_modality(m).tokenizer_name for m in params.modalities})
     artifacts = _inputs_artifacts(inputs) + [
         tokenizer_artifact(Path(tokenizers_root) / n, f"tokenizer-{n}") for n in names
     ]
-    with recorded_run(settings, stage_name("tokenize"), _section(params), artifacts) as rec:
-        store, uri = None, None
-        if params.publish:
-            from fourm.storage.object_store import ObjectStore
+    store, uri = None, None
+    if params.publish:
+        from fourm.storage.object_store import ObjectStore
 
-            store = ObjectStore.from_settings(settings)
-            uri = f"s3://{settings.buckets.tokens}/{Path(out_dir).name}-{_inputs_digest(artifacts)}"
+        store = ObjectStore.from_settings(settings)
+        uri = f"s3://{settings.buckets.tokens}/{Path(out_dir).name}-{_inputs_digest(artifacts)}"
+    if part is not None:
+        return run_tokenize(params, inputs, tokenizers_root, out_dir, uri, store, part=part)
+    with recorded_run(settings, stage_name("tokenize"), _section(params), artifacts) as rec:
+        if params.launcher == "kubernetes" and params.parts > 1:
+            _tokenize_parts_on_kubernetes(params, inputs, tokenizers_root, out_dir, settings, kube_api, log)
         report = run_tokenize(params, inputs, tokenizers_root, out_dir, uri, store)
         rec.output(token_set_artifact(out_dir, uri))
     return report
+
+
+def _tokenize_parts_on_kubernetes(
+    params: TokenizeParams,
+    inputs: DatasetInputs,
+    tokenizers_root: Path,
+    out_dir: Path,
+    settings: Settings,
+    kube_api: Any,
+    log: Callable[[str], None] | None,
+) -> None:
+    import tempfile
+
+    import yaml
+
+    from fourm.launch.shard_job import run_shard_job, shard_job_spec
+
+    # The pods read the same inputs (a shared volume) and need this exact tokenize section.
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=Path(out_dir).resolve().parent) as f:
+        yaml.safe_dump({"tokenize": _section(params)}, f)
+        f.flush()
+        paths = {
+            "--raw": inputs.raw, "--labels": inputs.labels, "--accepted": inputs.accepted,
+            "--tokenizers": tokenizers_root, "--out": out_dir,
+        }  # fmt: skip
+        args = ["--params", f.name] + [a for k, v in paths.items() for a in (k, str(Path(v).resolve()))]
+        spec = shard_job_spec("tokenize", args, params.parts, params.kubernetes, settings)
+        run_shard_job(spec, params.kubernetes, settings, api=kube_api, **({"sink": log} if log else {}))
 
 
 def _inputs_digest(artifacts: list[ArtifactSpec]) -> str:
@@ -214,8 +254,11 @@ def pretrain(
     processes: int | None = None,
     resume: bool = True,
     settings: Settings | None = None,
+    kube_api: Any = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Pretrain 4M (in this process, or under torchrun with ``processes`` > 1) and record the run.
+    """Pretrain 4M (in this process, under torchrun with ``processes`` > 1, or on Kubernetes pods
+    with ``launcher: kubernetes``) and record the run.
 
     Returns the run's metrics.json. The model file is recorded as a "model checkpoint"
     artifact whose input is the token set (which names its tokenizers).
@@ -230,7 +273,23 @@ def pretrain(
     params = params.model_copy(update={"processes": processes})  # what the run really used
     inputs = [token_set_artifact(tokens_dir, None)]
     with recorded_run(settings, stage_name("pretrain"), _section(params), inputs) as rec:
-        if processes == 1:
+        if params.launcher == "kubernetes":
+            from fourm.launch.pretrain_job import run_pretrain_on_kubernetes
+            from fourm.registry.hooks import FLOW_RUN_ENV
+
+            run_pretrain_on_kubernetes(
+                params,
+                tokens_dir,
+                out_dir,
+                reports_dir,
+                settings,
+                resume=resume,
+                run_id=rec.run_id,
+                flow_run_id=os.environ.get(FLOW_RUN_ENV),
+                api=kube_api,
+                **({"sink": log} if log else {}),
+            )
+        elif processes == 1:
             pretrain_process(params, str(tokens_dir), out_dir, reports_dir, resume=resume, settings=settings)
         else:
             with tempfile.TemporaryDirectory() as tmp:

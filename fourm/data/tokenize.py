@@ -9,13 +9,21 @@ Resumable: before encoding a source shard, the stage looks for that shard's
 token shards already in S3 (a ``_partial/<name>.json`` record written after
 its files) with the same provenance; if found, the files are fetched and
 verified instead of recomputed.
+
+Shard-parallel: with ``part=(i, n)`` a run encodes only the i-th of n contiguous ranges
+of source shards and publishes them as partial shards, writing no token set; n such
+runs (an Indexed Job on Kubernetes, one index per range) followed by one ordinary run
+that reuses every shard give the same token set as one run alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +102,50 @@ def _groups(accepted_manifest: Path) -> OrderedDict[str, OrderedDict[str, list[s
     return groups
 
 
+def part_of(groups: OrderedDict[str, Any], index: int, count: int) -> OrderedDict[str, Any]:
+    """The ``index``-th of ``count`` contiguous ranges of ``groups`` (sizes differ by at most one)."""
+    if not 0 <= index < count:
+        raise ValueError(f"part {index}/{count}: the index must be in 0..{count - 1}")
+    names = list(groups)
+    lo, hi = len(names) * index // count, len(names) * (index + 1) // count
+    return OrderedDict((name, groups[name]) for name in names[lo:hi])
+
+
+@contextlib.contextmanager
+def _scratch(out_dir: Path, throwaway: bool) -> Iterator[Path]:
+    if throwaway:
+        with tempfile.TemporaryDirectory(prefix="tokenize-part-") as tmp:
+            yield Path(tmp)
+    else:
+        with atomic_output_dir(out_dir) as scratch:
+            yield scratch
+
+
+def _part_report(
+    part: tuple[int, int],
+    specs: dict[str, ModalitySpec],
+    truncated: dict[str, int],
+    encoded: int,
+    reused: int,
+    total: int,
+    seconds: float,
+) -> TokenizeReport:
+    return TokenizeReport(
+        path=f"part {part[0]}/{part[1]}",
+        num_samples=total,
+        num_shards=encoded + reused,
+        splits={},
+        modalities={m: s.to_card() for m, s in specs.items()},
+        truncated=truncated,
+        encoded_shards=encoded,
+        reused_shards=reused,
+        published=None,
+        bytes=0,
+        seconds=round(seconds, 3),
+        samples_per_second=round(total / max(seconds, 1e-9), 1),
+    )
+
+
 def token_shard_name(source_shard: str, split: str) -> str:
     """``shard-000003.tar`` + ``val`` -> ``val-shard-000003``."""
     return f"{split}-{Path(source_shard).stem}"
@@ -114,9 +166,15 @@ def run_tokenize(
     out_dir: Path,
     publish_uri: str | None = None,
     store: ObjectStore | None = None,
+    part: tuple[int, int] | None = None,
 ) -> TokenizeReport:
-    """Encode every accepted sample into a token set at ``out_dir`` (and publish it to ``publish_uri``)."""
+    """Encode every accepted sample into a token set at ``out_dir`` (and publish it to ``publish_uri``).
+
+    With ``part`` = (index, count): only that range of source shards, published as partial
+    shards for a later full run to reuse; ``out_dir`` is not written."""
     start = time.perf_counter()
+    if part is not None and (publish_uri is None or store is None):
+        raise ValueError("a tokenize part publishes its shards to S3: it needs tokenize.publish: true")
     modalities = list(params.modalities)
     tokenizers = {m: load_tokenizer(m, tokenizers_root) for m in modalities}
     fingerprints = {m: tokenizer_fingerprint(m, tokenizers_root) for m in modalities}
@@ -130,11 +188,13 @@ def run_tokenize(
     raw_sha = {s["name"]: s["sha256"] for s in raw_card["shards"]}
     label_sha = {s["name"]: s["sha256"] for s in label_card["shards"]}
     groups = _groups(inputs.accepted)
+    if part is not None:
+        groups = part_of(groups, *part)
     remote = _Remote(store, publish_uri) if publish_uri and store is not None else None
     truncated = {m: 0 for m in modalities}
     encoded = reused = 0
     total = sum(len(ids) for by_split in groups.values() for ids in by_split.values())
-    with atomic_output_dir(out_dir) as scratch:
+    with _scratch(out_dir, part is not None) as scratch:
         writer = TokenSetWriter(scratch, specs)
         for source, by_split in track(groups.items(), len(groups), "tokenize shards", unit="shards"):
             provenance = {
@@ -164,6 +224,8 @@ def run_tokenize(
                 if remote:
                     remote.upload(entry, scratch)
                 encoded += 1
+        if part is not None:
+            return _part_report(part, specs, truncated, encoded, reused, total, time.perf_counter() - start)
         card = writer.finish(
             {
                 "name": f"{raw_card.get('name', 'dataset')}-tokens",

@@ -100,6 +100,8 @@ def run_fingerprint(params: PretrainParams, token_set: TokenSet, world_size: int
             "loader_workers",
             "processes",
             "upload_checkpoints",
+            "launcher",  # where it runs does not change the run; world_size below does
+            "kubernetes",
         },
     )
     record = {"params": keep, "world_size": world_size, "code": code_fingerprint(), "tokens": token_set.card}

@@ -116,3 +116,31 @@ def loss_plot(
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def publish_outputs(store: Any, uri: str, out_dir: Path, reports_dir: Path) -> None:
+    """Upload a run's model and report files to ``uri`` (``model/`` and ``reports/``), ``DONE`` last.
+
+    How a pod hands its outputs to the caller that launched it."""
+    from fourm.storage.object_store import split_s3_uri
+
+    bucket, prefix = split_s3_uri(uri)
+    store.ensure_bucket(bucket)
+    for part, root in (("model", Path(out_dir)), ("reports", Path(reports_dir))):
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            store.put_file(bucket, f"{prefix}/{part}/{path.relative_to(root).as_posix()}", path)
+    store.put_bytes(bucket, f"{prefix}/DONE", b"")
+
+
+def fetch_outputs(store: Any, uri: str, out_dir: Path, reports_dir: Path) -> None:
+    """Download what ``publish_outputs`` uploaded; each directory appears whole or not at all."""
+    from fourm.io import atomic_output_dir
+    from fourm.storage.object_store import split_s3_uri
+
+    bucket, prefix = split_s3_uri(uri)
+    if not store.exists(bucket, f"{prefix}/DONE"):
+        raise FileNotFoundError(f"{uri}: no finished outputs (DONE marker missing)")
+    for part, root in (("model", Path(out_dir)), ("reports", Path(reports_dir))):
+        with atomic_output_dir(root) as tmp:
+            for key in store.list(bucket, f"{prefix}/{part}/"):
+                store.get_file(bucket, key, tmp / key[len(f"{prefix}/{part}/") :])

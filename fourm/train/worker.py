@@ -1,8 +1,11 @@
 """One training process: what ``fourm train`` runs in-process and torchrun runs per rank.
 
-    python -m fourm.train.worker [--params params.yaml | --pretrain-json FILE] \\
-        --tokens data/tokens --out models/pretrain \\
-        --reports reports/pretrain [--no-resume] [--stop-after N]
+    python -m fourm.train.worker [--params params.yaml | --pretrain-json FILE | --pretrain-inline JSON] \\
+        --tokens data/tokens|s3://... --out models/pretrain \\
+        --reports reports/pretrain [--no-resume] [--stop-after N] [--publish-outputs s3://...]
+
+``--publish-outputs`` (rank 0, after success) uploads the model and reports, so a caller
+on another machine (the Kubernetes launcher) can fetch them.
 """
 
 from __future__ import annotations
@@ -29,13 +32,14 @@ def pretrain_process(
     resume: bool = True,
     stop_after: int | None = None,
     settings: Settings | None = None,
+    publish_outputs: str | None = None,
 ) -> PretrainReport:
     """Set up this process (distributed if under torchrun), train, write outputs on rank 0."""
     settings = settings or get_settings()
     info = init_distributed()
     try:
         store = None
-        if str(tokens).startswith("s3://") or params.upload_checkpoints:
+        if str(tokens).startswith("s3://") or params.upload_checkpoints or publish_outputs:
             from fourm.storage.object_store import ObjectStore
 
             store = ObjectStore.from_settings(settings)
@@ -56,7 +60,7 @@ def pretrain_process(
                 bar.update(step, f"loss {record['loss']:.3f} · {record['tokens_per_s']:,.0f} tok/s")
 
         try:
-            return run_pretrain(
+            report = run_pretrain(
                 params,
                 token_set,
                 out_dir,
@@ -69,6 +73,11 @@ def pretrain_process(
                 store_factory=(lambda: ObjectStore.from_settings(get_settings())) if store else None,
                 stop_after=stop_after,
             )
+            if publish_outputs and info.is_main:
+                from fourm.train.outputs import publish_outputs as publish
+
+                publish(store, publish_outputs, out_dir, reports_dir)
+            return report
         finally:
             tracker.finish()
             if bar is not None:
@@ -77,7 +86,7 @@ def pretrain_process(
         shutdown_distributed()
 
 
-def main(argv: list[str] | None = None) -> int:
+def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fourm.train.worker", description=__doc__)
     parser.add_argument(
         "--params", type=Path, default=Path("params.yaml"), help="params.yaml (its pretrain section)"
@@ -85,18 +94,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pretrain-json", type=Path, default=None, help="the pretrain section as JSON instead"
     )
+    parser.add_argument("--pretrain-inline", default=None, help="the pretrain section as a JSON string")
     parser.add_argument("--tokens", default="data/tokens")
+    parser.add_argument("--publish-outputs", default=None, help="s3:// prefix for model and reports")
     parser.add_argument("--out", type=Path, default=Path("models/pretrain"))
     parser.add_argument("--no-resume", action="store_true")
     parser.add_argument("--stop-after", type=int, default=None)
     parser.add_argument("--reports", type=Path, default=Path("reports/pretrain"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def params_from_args(args: argparse.Namespace) -> PretrainParams:
+    """The pretrain params the arguments name (inline JSON, a JSON file or params.yaml)."""
+    if args.pretrain_inline is not None:
+        return PretrainParams.model_validate_json(args.pretrain_inline)
     if args.pretrain_json is not None:
-        params = PretrainParams.model_validate_json(args.pretrain_json.read_text())
-    else:
-        params = load_params(args.params).pretrain
+        return PretrainParams.model_validate_json(args.pretrain_json.read_text())
+    return load_params(args.params).pretrain
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argument_parser().parse_args(argv)
     pretrain_process(
-        params, args.tokens, args.out, args.reports, resume=not args.no_resume, stop_after=args.stop_after
+        params_from_args(args),
+        args.tokens,
+        args.out,
+        args.reports,
+        resume=not args.no_resume,
+        stop_after=args.stop_after,
+        publish_outputs=args.publish_outputs,
     )
     return 0
 
