@@ -194,9 +194,17 @@ def pretrain_task(
 ) -> dict:
     """A retry resumes from the run's latest checkpoint (same params and token set). On Kubernetes,
     rank 0's log and the pods' events go to this task's log."""
+    from prefect.runtime import flow_run
+
     logger = get_run_logger()
     return stages.pretrain(
-        params, Path(tokens), Path(out_dir), Path(reports_dir), processes=processes, log=logger.info
+        params,
+        Path(tokens),
+        Path(out_dir),
+        Path(reports_dir),
+        processes=processes,
+        log=logger.info,
+        flow_run_id=str(flow_run.id) if flow_run.id else None,
     )
 
 

@@ -256,6 +256,7 @@ def pretrain(
     settings: Settings | None = None,
     kube_api: Any = None,
     log: Callable[[str], None] | None = None,
+    flow_run_id: str | None = None,
 ) -> dict[str, Any]:
     """Pretrain 4M (in this process, under torchrun with ``processes`` > 1, or on Kubernetes pods
     with ``launcher: kubernetes``) and record the run.
@@ -285,7 +286,7 @@ def pretrain(
                 settings,
                 resume=resume,
                 run_id=rec.run_id,
-                flow_run_id=os.environ.get(FLOW_RUN_ENV),
+                flow_run_id=flow_run_id or os.environ.get(FLOW_RUN_ENV),
                 api=kube_api,
                 **({"sink": log} if log else {}),
             )

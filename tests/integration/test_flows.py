@@ -196,3 +196,60 @@ def test_pretrain_flow_with_typed_params_publishes_validation_and_curves(
     assert "data:image/png;base64,iVBOR" in artifacts["pretrain-loss"].data
     schema = pretrain_flow.parameters.model_dump()["definitions"]
     assert set(PretrainParams.model_fields) <= set(schema["PretrainParams"]["properties"])
+
+
+def test_pretrain_flow_trains_on_kubernetes_when_params_say_so(
+    prefect_server: None, s3_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`launcher: kubernetes` in the flow's params: the task launches pods (on the stand-in API
+    server of tests/kube_standin.py: no real cluster can run here), rank 0's log and the pod
+    events land in the flow run's Prefect logs, and the pods carry the flow run's id."""
+    import sys
+
+    from kubernetes import client
+
+    from flows.stages import pretrain_flow
+    from tests.conftest import REPO, settings_env
+    from tests.integration.test_k8s_launch import free_port, write_kubeconfig
+    from tests.kube_standin import KubeStandIn
+    from tests.token_data import tiny_token_set
+
+    tokens = tiny_token_set(tmp_path / "tokens", train=32, val=8)
+    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
+    with KubeStandIn(tmp_path / "kube", extra_env=env) as kube:
+        client.CoreV1Api(kube.api_client()).create_namespaced_secret(
+            "fourm",
+            client.V1Secret(
+                metadata=client.V1ObjectMeta(name="fourm-s3"),
+                string_data={"FOURM_S3_ENDPOINT": s3_settings.s3_endpoint},  # the rest: defaults
+            ),
+        )
+        for key, value in settings_env(s3_settings).items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("FOURM_K8S_CONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", kube.url)))
+        monkeypatch.setenv("FOURM_REGISTRY_URL", f"sqlite:///{tmp_path / 'registry.db'}")
+        params = {
+            "model": {"size": "debug", "inputs": ["rgb", "caption"], "targets": ["semseg", "caption"]},
+            "masking": {"input_budget": 16, "target_budget": 16},
+            "steps": 4, "batch_size": 4, "warmup_steps": 1, "eval_every": 2, "eval_batches": 1,
+            "checkpoint_every": 2, "loader_workers": 0, "bf16": False, "launcher": "kubernetes",
+            "kubernetes": {"nodes": 2, "gpus_per_node": 0, "cpu": "1", "memory": "2Gi", "tolerations": [],
+                           "wandb_secret": None, "rendezvous_port": free_port()},
+        }  # fmt: skip
+        state = pretrain_flow(
+            params=params,
+            tokens=str(tokens),
+            out_dir=str(tmp_path / "model"),
+            reports_dir=str(tmp_path / "reports"),
+            return_state=True,
+        )
+        assert state.is_completed(), state.message
+        flow_run_id = state.state_details.flow_run_id
+        pods = kube.pods()
+        assert not kube.errors, kube.errors
+    assert state.result()["steps"] == 4 and (tmp_path / "model" / "model.pt").exists()
+    assert len(pods) == 2
+    assert {p["metadata"]["labels"]["fourm.dev/flow-run-id"] for p in pods} == {str(flow_run_id)}
+    _, logs = _artifacts_and_logs(flow_run_id)
+    text = "\n".join(logs)
+    assert "[kubernetes] job fourm/pretrain-debug-" in text and "node 0 of 2" in text

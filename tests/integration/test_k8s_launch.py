@@ -225,14 +225,35 @@ def test_killed_pod_is_retried_and_training_resumes_from_the_s3_checkpoint(
     assert job.status.failed >= 1 and job.status.succeeded == 2
 
 
-def test_unschedulable_pods_give_the_schedulers_reason_and_leave_nothing(
-    kube: KubeStandIn, tokens: Path, tmp_path: Path, s3_settings: Settings
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("no free GPU", r"cannot be scheduled: 0/1 nodes are available: 1 Insufficient nvidia.com/gpu"),
+        (
+            "image not pullable",
+            r"image 'registry.example/fourm:missing' cannot be pulled \((ErrImagePull|ImagePullBackOff)",
+        ),
+        ("secret missing", r"CreateContainerConfigError: .*fourm-s3"),
+    ],
+)
+def test_pods_that_cannot_start_give_their_reason_and_leave_nothing(
+    kube: KubeStandIn, tokens: Path, tmp_path: Path, s3_settings: Settings, case: str, reason: str
 ):
-    params = tiny(kubernetes={"gpus_per_node": 1, "procs_per_node": 1, "pending_timeout_s": 3})
-    with pytest.raises(LaunchError, match=r"has not started in 3 s.*Insufficient nvidia.com/gpu"):
+    """The caller never hangs on a Job that cannot progress: after pending_timeout_s it stops
+    with the pod's own reason and deletes the Job."""
+    settings, k8s = s3_settings, {"pending_timeout_s": 3}
+    if case == "no free GPU":
+        k8s |= {"gpus_per_node": 1, "procs_per_node": 1}
+    elif case == "image not pullable":
+        kube.unpullable_images.add("registry.example/fourm:missing")
+        settings = s3_settings.model_copy(update={"k8s_image": "registry.example/fourm:missing"})
+    else:
+        client.CoreV1Api(kube.api_client()).delete_namespaced_secret("fourm-s3", NAMESPACE)
+    with pytest.raises(LaunchError, match=r"has not started in 3 s: pod .*" + reason):
         run_pretrain_on_kubernetes(
-            params, tokens, tmp_path / "m", tmp_path / "r", s3_settings, api=kube.api_client(), sink=print
-        )
+            tiny(kubernetes=k8s), tokens, tmp_path / "m", tmp_path / "r", settings, api=kube.api_client(),
+            sink=print,
+        )  # fmt: skip
     assert leftovers(kube) == {"jobs": 0, "pods": 0, "services": 0, "processes": 0}
     assert not (tmp_path / "m").exists()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -176,3 +177,71 @@ def test_wandb_offline_run_is_written_under_home(trained, tmp_path: Path, s3_set
     runs = list((tmp_path / "home" / "wandb").rglob("offline-run-*"))
     assert runs, "no offline W&B run written"
     assert any(p.suffix == ".wandb" for p in runs[0].rglob("*"))
+
+
+def test_parts_assemble_the_same_token_set_as_one_run(
+    trained, tmp_path: Path, store: ObjectStore, s3_settings: Settings
+) -> None:
+    inputs, tokenizers = trained
+    params = TokenizeParams(modalities=("depth", "caption"))
+    whole = run_tokenize(params, inputs, tokenizers, tmp_path / "whole")
+    uri = f"s3://{s3_settings.buckets.tokens}/parts-{sha256_bytes(str(tmp_path).encode())[:8]}"
+    parts = [
+        run_tokenize(params, inputs, tokenizers, tmp_path / "x", uri, store, part=(i, 3)) for i in range(3)
+    ]
+    assert sum(p.encoded_shards for p in parts) == whole.num_shards and not (tmp_path / "x").exists()
+    assembled = run_tokenize(params, inputs, tokenizers, tmp_path / "assembled", uri, store)
+    assert assembled.encoded_shards == 0 and assembled.reused_shards == whole.num_shards
+    assert (tmp_path / "assembled/tokens.json").read_bytes() == (tmp_path / "whole/tokens.json").read_bytes()
+    with pytest.raises(ValueError, match="needs tokenize.publish"):
+        run_tokenize(params, inputs, tokenizers, tmp_path / "y", part=(0, 2))
+
+
+def test_tokenize_parts_run_as_an_indexed_job_on_kubernetes(
+    trained, tmp_path: Path, s3_settings: Settings
+) -> None:
+    """``tokenize.launcher: kubernetes``: one pod per range of shards (`fourm tokenize --part
+    $(JOB_COMPLETION_INDEX)/2`) publishes to S3, then the caller assembles the set reusing
+    every shard. Pods run on the stand-in API server (tests/kube_standin.py), seeing this
+    machine's files as a cluster's pods would see a shared volume."""
+    from kubernetes import client
+
+    from fourm import stages
+    from tests.conftest import REPO
+    from tests.kube_standin import KubeStandIn
+
+    inputs, tokenizers = trained
+    params = TokenizeParams(
+        modalities=("depth", "caption"),
+        launcher="kubernetes",
+        parts=2,
+        kubernetes={"cpu": "1", "memory": "2Gi", "wandb_secret": None, "pending_timeout_s": 60},
+    )
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PYTHONPATH": str(REPO),
+    }
+    with KubeStandIn(tmp_path / "kube", extra_env=env) as kube:
+        client.CoreV1Api(kube.api_client()).create_namespaced_secret(
+            "fourm",
+            client.V1Secret(
+                metadata=client.V1ObjectMeta(name="fourm-s3"),
+                string_data={"FOURM_S3_ENDPOINT": s3_settings.s3_endpoint},
+            ),
+        )
+        lines: list[str] = []
+        report = stages.tokenize(
+            params,
+            inputs,
+            tokenizers,
+            tmp_path / "tokens",
+            s3_settings,
+            kube_api=kube.api_client(),
+            log=lines.append,
+        )
+        pods = kube.pods()
+        assert not kube.errors, kube.errors
+    assert report.encoded_shards == 0 and report.reused_shards == report.num_shards > 0
+    assert sorted(p["spec"]["containers"][0]["args"][-1] for p in pods) == ["$(JOB_COMPLETION_INDEX)/2"] * 2
+    assert [p["status"]["phase"] for p in pods] == ["Succeeded", "Succeeded"]
+    assert any("tokenize part 0/2" in line for line in lines)

@@ -230,3 +230,38 @@ def test_pod_entry_runs_torchrun_as_the_pods_node_rank():
     cmd = node.torchrun_args(ns, 3, ["--tokens", "s3://b/t"])
     assert "--node-rank=3" in cmd and "--nnodes=4" in cmd and "--max-restarts=0" in cmd
     assert cmd[-3:] == ["fourm.train.worker", "--tokens", "s3://b/t"]
+
+
+def test_every_object_the_launcher_builds_passes_the_kubernetes_schema():
+    """Offline OpenAPI validation (strict: unknown fields fail) for the documented version."""
+    from fourm.launch.shard_job import shard_job_spec
+    from fourm.params import PodParams
+    from tests.k8s_schema import validate_objects
+
+    spec = _spec()
+    job = build_job(spec)
+    job.metadata.uid = "0f6b7c1e-1111-2222-3333-444455556666"
+    shards = shard_job_spec(
+        "tokenize", ["--out", "/data/tokens"], 4, PodParams(volume_claim="fourm-data"), Settings()
+    )
+    cpu = _spec(gpus_per_node=0, procs_per_node=2, priority_class="batch-low", node_selector={"pool": "cpu"})
+    validate_objects(
+        [to_dict(job), to_dict(build_service(spec, job)), to_dict(build_job(shards)), to_dict(build_job(cpu))]
+    )
+
+
+def test_shard_job_runs_one_range_per_pod_from_the_shared_volume():
+    from fourm.launch.shard_job import shard_job_spec
+    from fourm.params import PodParams
+
+    spec = shard_job_spec(
+        "tokenize", ["--out", "/data/t"], 4, PodParams(volume_claim="fourm-data"), Settings()
+    )
+    job = to_dict(build_job(spec))
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["fourm"]
+    assert container["args"] == ["tokenize", "--out", "/data/t", "--part", "$(JOB_COMPLETION_INDEX)/4"]
+    assert job["spec"]["completions"] == 4 and "subdomain" not in job["spec"]["template"]["spec"]
+    shared = next(v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == "shared")
+    assert shared["persistentVolumeClaim"] == {"claimName": "fourm-data"}
+    assert {"name": "shared", "mountPath": "/data"} in container["volumeMounts"]
