@@ -221,6 +221,24 @@ def data_summary(
 # -- label / validate -----------------------------------------------------------
 
 
+PartOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--part", help="I/N: only the I-th of N ranges of shards, for a later full run to take over."
+    ),
+]
+
+
+def _parse_part(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected INDEX/COUNT, e.g. 0/4", param_hint="--part") from None
+    if not 0 <= index < count:
+        raise typer.BadParameter(f"{text!r}: INDEX must be in 0..COUNT-1", param_hint="--part")
+    return index, count
+
+
 @app.command("label")
 @friendly_errors
 def label_cmd(
@@ -232,11 +250,17 @@ def label_cmd(
     preview: Annotated[
         Path | None, typer.Option("--preview", help="Write a PNG grid of labeled samples.")
     ] = None,
+    part: PartOpt = None,
 ) -> None:
     """Pseudo-label the accepted raw samples with the labelers params.yaml selects."""
     from fourm import stages
 
     params = load_params(params_file)
+    if part is not None:
+        index, count = _parse_part(part)
+        result = stages.label(params.label, raw, accepted, out_dir, part=(index, count))
+        out.print(f"label part {index}/{count}: {result.num_samples} samples in {result.num_shards} shards")
+        return
     result = stages.label(params.label, raw, accepted, out_dir)
     _write_report(report, result.to_dict())
     if preview is not None:
@@ -361,16 +385,6 @@ def tokenizer_eval(
     out.print(table)
 
 
-def _parse_part(text: str) -> tuple[int, int]:
-    try:
-        index, count = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise typer.BadParameter(f"{text!r}: expected INDEX/COUNT, e.g. 0/4", param_hint="--part") from None
-    if not 0 <= index < count:
-        raise typer.BadParameter(f"{text!r}: INDEX must be in 0..COUNT-1", param_hint="--part")
-    return index, count
-
-
 @app.command("tokenize")
 @friendly_errors
 def tokenize_cmd(
@@ -381,12 +395,7 @@ def tokenize_cmd(
     tokenizers: TokenizersOpt = Path("data/tokenizers"),
     out_dir: Annotated[Path, typer.Option("--out")] = Path("data/tokens"),
     report: Annotated[Path | None, typer.Option("--report")] = None,
-    part: Annotated[
-        str | None,
-        typer.Option(
-            "--part", help="I/N: only the I-th of N ranges of shards, published for a later full run."
-        ),
-    ] = None,
+    part: PartOpt = None,
 ) -> None:
     """Encode every accepted sample with every tokenizer into token shards (and publish them to S3)."""
     from fourm import stages

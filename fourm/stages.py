@@ -59,10 +59,27 @@ def generate(params: GenerateParams, out_dir: Path, settings: Settings | None = 
 
 
 def label(
-    params: LabelParams, raw: Path, accepted: Path, out_dir: Path, settings: Settings | None = None
+    params: LabelParams,
+    raw: Path,
+    accepted: Path,
+    out_dir: Path,
+    settings: Settings | None = None,
+    *,
+    part: tuple[int, int] | None = None,
+    kube_api: Any = None,
+    log: Callable[[str], None] | None = None,
 ) -> LabelReport:
+    """Label (and record the label set). ``part``: only that range of raw shards, left for a
+    later full run (not recorded). ``launcher: kubernetes``: the parts run as an Indexed Job
+    first, then this process assembles the label set from them."""
+    settings = settings or get_settings()
+    if part is not None:
+        return run_label(params, raw, accepted, out_dir, part=part)
     inputs = [dataset_artifact(raw, "dataset"), _validated(Path(accepted).parent)]
-    with recorded_run(settings or get_settings(), stage_name("label"), _section(params), inputs) as rec:
+    with recorded_run(settings, stage_name("label"), _section(params), inputs) as rec:
+        if params.launcher == "kubernetes" and params.parts > 1:
+            paths = {"--raw": raw, "--accepted": accepted, "--out": out_dir}
+            _parts_on_kubernetes("label", params, paths, out_dir, settings, kube_api, log)
         report = run_label(params, raw, accepted, out_dir)
         rec.output(dataset_artifact(out_dir, "label set"))
     return report
@@ -206,37 +223,40 @@ def tokenize(
         return run_tokenize(params, inputs, tokenizers_root, out_dir, uri, store, part=part)
     with recorded_run(settings, stage_name("tokenize"), _section(params), artifacts) as rec:
         if params.launcher == "kubernetes" and params.parts > 1:
-            _tokenize_parts_on_kubernetes(params, inputs, tokenizers_root, out_dir, settings, kube_api, log)
+            paths = {
+                "--raw": inputs.raw, "--labels": inputs.labels, "--accepted": inputs.accepted,
+                "--tokenizers": tokenizers_root, "--out": out_dir,
+            }  # fmt: skip
+            _parts_on_kubernetes("tokenize", params, paths, out_dir, settings, kube_api, log)
         report = run_tokenize(params, inputs, tokenizers_root, out_dir, uri, store)
         rec.output(token_set_artifact(out_dir, uri))
     return report
 
 
-def _tokenize_parts_on_kubernetes(
-    params: TokenizeParams,
-    inputs: DatasetInputs,
-    tokenizers_root: Path,
+def _parts_on_kubernetes(
+    stage: str,
+    params: Any,
+    paths: dict[str, Path],
     out_dir: Path,
     settings: Settings,
     kube_api: Any,
     log: Callable[[str], None] | None,
 ) -> None:
+    """Run ``fourm <stage> --part i/N`` in the pods of an Indexed Job and wait for all of them.
+
+    The pods read the inputs at the same absolute paths (a shared volume) and this exact
+    params section (written beside the outputs, on that volume)."""
     import tempfile
 
     import yaml
 
     from fourm.launch.shard_job import run_shard_job, shard_job_spec
 
-    # The pods read the same inputs (a shared volume) and need this exact tokenize section.
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=Path(out_dir).resolve().parent) as f:
-        yaml.safe_dump({"tokenize": _section(params)}, f)
+        yaml.safe_dump({stage: _section(params)}, f)
         f.flush()
-        paths = {
-            "--raw": inputs.raw, "--labels": inputs.labels, "--accepted": inputs.accepted,
-            "--tokenizers": tokenizers_root, "--out": out_dir,
-        }  # fmt: skip
         args = ["--params", f.name] + [a for k, v in paths.items() for a in (k, str(Path(v).resolve()))]
-        spec = shard_job_spec("tokenize", args, params.parts, params.kubernetes, settings)
+        spec = shard_job_spec(stage, args, params.parts, params.kubernetes, settings)
         run_shard_job(spec, params.kubernetes, settings, api=kube_api, **({"sink": log} if log else {}))
 
 

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fourm.data.codecs import EXTENSIONS
-from fourm.io import atomic_write_json, sha256_bytes, sha256_file
+from fourm.io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
 
 DATASET_CARD = "dataset.json"
 MANIFEST = "manifest.parquet"
@@ -139,6 +139,15 @@ class DatasetWriter:
             info.provenance = provenance or {}
             self.shards.append(info)
             self._writer = None
+
+    def add_existing_shard(self, info: dict[str, Any], data: bytes, rows: list[dict[str, Any]]) -> None:
+        """Add a finished shard (its card entry, tar bytes and manifest rows) written elsewhere."""
+        self.close_shard()
+        if sha256_bytes(data) != info["sha256"]:
+            raise DatasetError(f"shard {info['name']}: bytes differ from the sha256 of its card entry")
+        atomic_write_bytes(self.root / SHARD_DIR / info["name"], data)
+        self.shards.append(ShardInfo(**info))
+        self.rows.extend(rows)
 
     def finish(self, meta: dict[str, Any]) -> dict[str, Any]:
         """Write manifest.parquet, then dataset.json (last); return the card."""

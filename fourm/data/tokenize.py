@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from fourm.data.format import Dataset, read_manifest_rows
+from fourm.data.parts import part_range
 from fourm.data.samples import DatasetInputs, iter_samples
 from fourm.data.token_shards import ModalitySpec, TokenSetWriter, publish_token_set
 from fourm.io import atomic_output_dir, canonical_json, sha256_file
@@ -100,15 +101,6 @@ def _groups(accepted_manifest: Path) -> OrderedDict[str, OrderedDict[str, list[s
     for row in read_manifest_rows(accepted_manifest):
         groups.setdefault(row["shard"], OrderedDict()).setdefault(row["split"], []).append(row["id"])
     return groups
-
-
-def part_of(groups: OrderedDict[str, Any], index: int, count: int) -> OrderedDict[str, Any]:
-    """The ``index``-th of ``count`` contiguous ranges of ``groups`` (sizes differ by at most one)."""
-    if not 0 <= index < count:
-        raise ValueError(f"part {index}/{count}: the index must be in 0..{count - 1}")
-    names = list(groups)
-    lo, hi = len(names) * index // count, len(names) * (index + 1) // count
-    return OrderedDict((name, groups[name]) for name in names[lo:hi])
 
 
 @contextlib.contextmanager
@@ -189,7 +181,7 @@ def run_tokenize(
     label_sha = {s["name"]: s["sha256"] for s in label_card["shards"]}
     groups = _groups(inputs.accepted)
     if part is not None:
-        groups = part_of(groups, *part)
+        groups = OrderedDict((name, groups[name]) for name in part_range(list(groups), *part))
     remote = _Remote(store, publish_uri) if publish_uri and store is not None else None
     truncated = {m: 0 for m in modalities}
     encoded = reused = 0

@@ -7,13 +7,15 @@ the provenance of the labelers that produced it.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from fourm.data import codecs
-from fourm.data.format import Dataset, DatasetError, DatasetWriter, read_manifest_rows
+from fourm.data.format import Dataset, DatasetError, DatasetWriter, iter_shard_bytes, read_manifest_rows
+from fourm.data.parts import part_range
 from fourm.io import atomic_output_dir, sha256_file
 from fourm.labelers import oracle as _oracle  # noqa: F401  (registers "oracle")
 from fourm.labelers.base import Labeler, RawSample, make_labeler
@@ -65,63 +67,90 @@ def _label_batch(
     return encoded
 
 
-def run_label(params: LabelParams, raw_dir: Path, accepted_manifest: Path, out_dir: Path) -> LabelReport:
-    """Label every accepted sample of the raw dataset at ``raw_dir`` into ``out_dir``."""
+def label_parts_dir(out_dir: Path) -> Path:
+    """Where ``--part`` runs leave their label shards for the assembling run: beside ``out_dir``,
+    so on the volume the pods share with the caller."""
+    return Path(out_dir).parent / f".{Path(out_dir).name}.parts"
+
+
+def _card_meta(
+    params: LabelParams, raw: Dataset, raw_dir: Path, accepted_manifest: Path, provenance: dict
+) -> dict:
+    return {
+        "name": f"{raw.card.get('name', 'dataset')}-labels",
+        "resolution": raw.card.get("resolution"),
+        "source": {
+            "path": str(raw_dir),
+            "dataset_sha256": sha256_file(Path(raw_dir) / "dataset.json"),
+            "accepted_manifest_sha256": sha256_file(accepted_manifest),
+        },
+        "labelers": provenance,
+        # batch size and where it ran change speed, never bytes: keep them out of the card
+        "params": params.model_dump(mode="json", exclude={"batch_size", "launcher", "parts", "kubernetes"}),
+    }
+
+
+def _same_labels(a: dict, b: dict) -> bool:
+    """Two label cards made from the same inputs by the same labelers (paths may differ)."""
+    fields = ("labelers", "params", "resolution")
+    sources = ("dataset_sha256", "accepted_manifest_sha256")
+    return all(a.get(f) == b.get(f) for f in fields) and all(
+        a["source"].get(k) == b["source"].get(k) for k in sources
+    )
+
+
+def labeled_parts(out_dir: Path, meta: dict) -> dict[str, tuple[dict, bytes, list[dict]]]:
+    """Shards finished by ``--part`` runs for these inputs and labelers: name -> (entry, bytes, rows)."""
+    found: dict[str, tuple[dict, bytes, list[dict]]] = {}
+    for part in sorted(label_parts_dir(out_dir).glob("part-*")):
+        if not (part / "dataset.json").exists():
+            continue  # unfinished part (its writer died): those shards are labeled again
+        labels = Dataset.open(part)
+        if not _same_labels(labels.card, meta):
+            continue
+        for entry in labels.shards:
+            rows = [r for r in labels.rows if r["shard"] == entry["name"]]
+            found[entry["name"]] = (entry, labels.read_shard(entry["name"]), rows)
+    return found
+
+
+def run_label(
+    params: LabelParams,
+    raw_dir: Path,
+    accepted_manifest: Path,
+    out_dir: Path,
+    part: tuple[int, int] | None = None,
+) -> LabelReport:
+    """Label every accepted sample of the raw dataset at ``raw_dir`` into ``out_dir``.
+
+    With ``part`` = (index, count): only that range of raw shards, into the parts directory
+    beside ``out_dir``; a later full run takes those shards instead of labeling them again."""
     start = time.perf_counter()
     raw = Dataset.open(raw_dir)
     accepted = {r["id"]: r for r in read_manifest_rows(accepted_manifest)}
     labelers = _labelers_for(params)
     modalities = [m for m in LABEL_MODALITIES if m in params.labelers]
     provenance = {m: labelers[name][0].provenance() for m, name in sorted(params.labelers.items())}
-    records = (rec for rec in raw.iter_records() if rec.id in accepted)
-    with atomic_output_dir(out_dir) as scratch:
+    meta = _card_meta(params, raw, raw_dir, accepted_manifest, provenance)
+    shards = [s["name"] for s in raw.shards]
+    dest = Path(out_dir)
+    if part is not None:
+        shards = part_range(shards, *part)
+        dest = label_parts_dir(out_dir) / f"part-{part[0]}-of-{part[1]}"
+    done = labeled_parts(out_dir, meta) if part is None else {}
+    with atomic_output_dir(dest) as scratch:
         writer = DatasetWriter(scratch, "labels", modalities, samples_per_shard=1 << 62)
-        shard: str | None = None
-        batch: list[RawSample] = []
-
-        def flush() -> None:
-            for sample, enc in zip(batch, _label_batch(labelers, batch), strict=True):
-                writer.add(sample.id, accepted[sample.id]["split"], enc)
-            batch.clear()
-
-        for rec in track(records, len(accepted), "label samples"):
-            if rec.shard != shard:
-                flush()
-                if shard is not None:
-                    writer.close_shard(provenance)
-                writer.start_shard(rec.shard)
-                shard = rec.shard
-            try:
-                sample = RawSample(
-                    id=rec.id,
-                    rgb=codecs.decode("rgb", rec.members["rgb"]),
-                    caption=codecs.decode("caption", rec.members["caption"]),
-                    scene=codecs.decode("scene", rec.members["scene"]) if "scene" in rec.members else None,
-                )
-            except (KeyError, codecs.DecodeError) as err:
-                raise DatasetError(f"{raw_dir}: shard {rec.shard}, sample {rec.id}: {err}") from err
-            batch.append(sample)
-            if len(batch) >= params.batch_size:
-                flush()
-        flush()
-        writer.close_shard(provenance)
-        card = writer.finish(
-            {
-                "name": f"{raw.card.get('name', 'dataset')}-labels",
-                "resolution": raw.card.get("resolution"),
-                "source": {
-                    "path": str(raw_dir),
-                    "dataset_sha256": sha256_file(Path(raw_dir) / "dataset.json"),
-                    "accepted_manifest_sha256": sha256_file(accepted_manifest),
-                },
-                "labelers": provenance,
-                # batch_size changes speed, never bytes: keep it out of the card
-                "params": params.model_dump(mode="json", exclude={"batch_size"}),
-            }
-        )
+        for name in track(shards, len(shards), "label shards", unit="shards"):
+            if name in done:
+                writer.add_existing_shard(*done[name])
+            else:
+                _label_shard(params, labelers, raw, raw_dir, name, accepted, writer, provenance)
+        card = writer.finish(meta)
+    if part is None and done:
+        shutil.rmtree(label_parts_dir(out_dir), ignore_errors=True)  # handed over
     seconds = time.perf_counter() - start
     return LabelReport(
-        path=str(out_dir),
+        path=str(dest),
         num_samples=card["num_samples"],
         num_shards=len(card["shards"]),
         labelers=provenance,
@@ -129,3 +158,46 @@ def run_label(params: LabelParams, raw_dir: Path, accepted_manifest: Path, out_d
         seconds=round(seconds, 3),
         samples_per_second=round(card["num_samples"] / max(seconds, 1e-9), 1),
     )
+
+
+def _label_shard(
+    params: LabelParams,
+    labelers: dict[str, tuple[Labeler, list[str]]],
+    raw: Dataset,
+    raw_dir: Path,
+    shard: str,
+    accepted: dict[str, dict],
+    writer: DatasetWriter,
+    provenance: dict,
+) -> None:
+    """Label the accepted samples of one raw shard into a label shard of the same name (none
+    when no sample of it was accepted)."""
+    batch: list[RawSample] = []
+
+    def flush() -> None:
+        for sample, enc in zip(batch, _label_batch(labelers, batch), strict=True):
+            writer.add(sample.id, accepted[sample.id]["split"], enc)
+        batch.clear()
+
+    started = False
+    for rec in iter_shard_bytes(raw.read_shard(shard), shard):
+        if rec.id not in accepted:
+            continue
+        if not started:
+            writer.start_shard(shard)
+            started = True
+        try:
+            sample = RawSample(
+                id=rec.id,
+                rgb=codecs.decode("rgb", rec.members["rgb"]),
+                caption=codecs.decode("caption", rec.members["caption"]),
+                scene=codecs.decode("scene", rec.members["scene"]) if "scene" in rec.members else None,
+            )
+        except (KeyError, codecs.DecodeError) as err:
+            raise DatasetError(f"{raw_dir}: shard {rec.shard}, sample {rec.id}: {err}") from err
+        batch.append(sample)
+        if len(batch) >= params.batch_size:
+            flush()
+    flush()
+    if started:
+        writer.close_shard(provenance)
