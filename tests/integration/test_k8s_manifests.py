@@ -38,19 +38,21 @@ NOT_CREDENTIALS = {"FOURM_S3_ENDPOINT", "POSTGRES_USER", "POSTGRES_DB"}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 
 # The most any Role may grant, per (apiGroup, resource).
+# Exactly what fourm/launch/kubernetes.py calls: create/read/delete the Job, create/delete its
+# Service, list and read pods, follow pod logs.
 LAUNCHER_RULES = {
-    ("batch", "jobs"): {"create", "get", "list", "watch", "delete"},
+    ("batch", "jobs"): {"create", "get", "delete"},
     ("batch", "jobs/finalizers"): {"update"},  # a Service owned by its Job, blockOwnerDeletion
-    ("", "services"): {"create", "get", "list", "watch", "delete"},
+    ("", "services"): {"create", "delete"},
+    ("", "pods"): {"get", "list"},
+    ("", "pods/log"): {"get"},
+}
+# Exactly what the Prefect worker's Role grants (prefect-kubernetes watches jobs, pods, events).
+WORKER_RULES = {
+    ("batch", "jobs"): {"create", "get", "list", "watch", "delete"},
     ("", "pods"): {"get", "list", "watch"},
     ("", "pods/log"): {"get"},
     ("", "events"): {"get", "list", "watch"},
-}
-# Exactly what the Prefect worker's Role grants: no services, nothing else.
-WORKER_RULES = {
-    key: verbs
-    for key, verbs in LAUNCHER_RULES.items()
-    if key not in {("", "services"), ("batch", "jobs/finalizers")}
 }
 
 
