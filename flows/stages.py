@@ -72,7 +72,9 @@ def generate_flow(params: GenerateParams | None = None, out_dir: str = "data/raw
 
 @task(name="label")
 def label_task(params: LabelParams, raw_dir: str, accepted: str, out_dir: str) -> dict:
-    return stages.label(params, Path(raw_dir), Path(accepted), Path(out_dir)).to_dict()
+    """With ``launcher: kubernetes`` the parts' pod events and first pod's log go to this task's log."""
+    log = get_run_logger().info
+    return stages.label(params, Path(raw_dir), Path(accepted), Path(out_dir), log=log).to_dict()
 
 
 @flow(name="fourm-label")
@@ -172,7 +174,9 @@ def eval_tokenizers_flow(
 
 @task(name="tokenize", retries=2, retry_delay_seconds=[5, 20], retry_condition_fn=only_transient_errors)
 def tokenize_task(params: TokenizeParams, inputs: DatasetPaths, tokenizers: str, out_dir: str) -> dict:
-    return stages.tokenize(params, inputs.resolve(), Path(tokenizers), Path(out_dir)).to_dict()
+    """With ``launcher: kubernetes`` the parts' pod events and first pod's log go to this task's log."""
+    log = get_run_logger().info
+    return stages.tokenize(params, inputs.resolve(), Path(tokenizers), Path(out_dir), log=log).to_dict()
 
 
 @flow(name="fourm-tokenize")
