@@ -493,6 +493,7 @@ class KubeStandIn:
         self._pods: dict[str, _PodRuntime] = {}  # by pod uid, kept after the pod is gone
         self._jobs: dict[str, _JobRuntime] = {}  # by job uid
         self._version = 0
+        self._unavailable_until = 0.0
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._server: _Server | None = None
@@ -596,6 +597,10 @@ class KubeStandIn:
             self._delete_pod(pod, grace=None, remove=False)
         self._wake.set()
 
+    def outage(self, seconds: float) -> None:
+        """Answer every request with 503 for ``seconds`` (an API server restart); pods keep running."""
+        self._unavailable_until = time.monotonic() + seconds
+
     def set_capacity(self, capacity: Mapping[str, str]) -> None:
         """Change the node's capacity (merged into the current one); pending pods are re-checked."""
         with self._lock:
@@ -642,6 +647,8 @@ class KubeStandIn:
 
     def handle(self, method: str, path: str, query: dict[str, str], body: Any) -> Any:
         """Answer one request: (code, JSON object or text) or a ``_LogStream``."""
+        if time.monotonic() < self._unavailable_until:
+            raise ApiError(503, "ServiceUnavailable", "the API server is restarting (stand-in outage)")
         if method == "GET" and path.rstrip("/") == "/version":
             return 200, {
                 "major": "1",

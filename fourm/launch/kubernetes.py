@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -36,6 +37,8 @@ from fourm.launch.k8s_objects import JOB_LABEL, IndexedJobSpec, build_job, build
 from fourm.launch.local import LaunchError
 
 LineSink = Callable[[str], None]
+# Answers worth polling again: rate limiting and server-side trouble (an API server restart).
+_TRANSIENT_STATUS = {429, 500, 502, 503, 504}
 
 
 def stderr_sink(line: str) -> None:
@@ -187,9 +190,26 @@ class KubernetesHandle:
 
     def _watch(self, sink: LineSink) -> client.V1Job:
         last_change = time.monotonic()
+        unreachable_since: float | None = None
         while True:
-            job = self.job()
-            pods = self.pods()
+            try:
+                job = self.job()
+                pods = self.pods()
+            except ApiException as err:
+                if err.status == 404:
+                    raise LaunchError(
+                        f"job {self.spec.namespace}/{self.spec.name} was deleted by someone else"
+                    ) from err
+                if err.status not in _TRANSIENT_STATUS:
+                    raise
+                unreachable_since = self._api_trouble(sink, unreachable_since, f"{err.status} {err.reason}")
+                continue
+            except (urllib3.exceptions.HTTPError, OSError) as err:
+                unreachable_since = self._api_trouble(sink, unreachable_since, str(err))
+                continue
+            if unreachable_since is not None:
+                self._report(sink, "API server reachable again")
+                unreachable_since = None
             if self._observe(pods, sink):
                 last_change = time.monotonic()
             self._follow_rank0(pods, sink)
@@ -216,6 +236,20 @@ class KubernetesHandle:
                     f"{self.timeouts.stall_s:.0f} s; giving up"
                 )
             self._pass_lines(sink, self.timeouts.poll_s)
+
+    def _api_trouble(self, sink: LineSink, since: float | None, what: str) -> float:
+        """A failed poll: say so once, keep passing log lines, give up after the stall timeout."""
+        now = time.monotonic()
+        if since is None:
+            self._report(sink, f"API server did not answer ({what}); retrying")
+            since = now
+        elif now - since > self.timeouts.stall_s:
+            raise LaunchError(
+                f"job {self.spec.name}: the API server has not answered for "
+                f"{self.timeouts.stall_s:.0f} s ({what})"
+            )
+        self._pass_lines(sink, self.timeouts.poll_s)
+        return since
 
     def _observe(self, pods: list[client.V1Pod], sink: LineSink) -> bool:
         changed = False

@@ -25,7 +25,8 @@ import yaml
 from kubernetes import client
 
 from fourm.data.token_shards import TokenSet
-from fourm.launch.k8s_objects import JOB_LABEL, RUN_LABEL
+from fourm.launch.k8s_objects import JOB_LABEL, RUN_LABEL, IndexedJobSpec
+from fourm.launch.kubernetes import KubernetesLauncher, WatchTimeouts
 from fourm.launch.local import LaunchError
 from fourm.launch.pretrain_job import run_pretrain_on_kubernetes
 from fourm.params import PretrainParams
@@ -291,3 +292,42 @@ def test_configuration_error_fails_the_job_at_once_with_the_reason(
     message = str(failure.value)
     assert "PodFailurePolicy" in message and "configuration error" in message and "normal" in message
     assert len([p for p in kube.pods() if p["metadata"]["labels"].get(JOB_LABEL)]) <= 2  # no retries
+
+
+def _sleeper(name: str, seconds: float) -> IndexedJobSpec:
+    """A one-pod Job that prints, sleeps and prints again (no training needed for these cases)."""
+    code = f"import time; print('started', flush=True); time.sleep({seconds}); print('finished')"
+    return IndexedJobSpec(
+        name=name, image="fourm:test", command=["python", "-c", code], args=[], completions=1,
+        namespace=NAMESPACE, backoff_limit=0,
+    )  # fmt: skip
+
+
+def test_an_api_server_outage_is_waited_out(kube: KubeStandIn):
+    """503s for a few seconds (an API server restart) do not cancel the Job: the watch says so,
+    retries, and the Job completes."""
+    lines: list[str] = []
+
+    def sink(line: str) -> None:
+        lines.append(line)
+        if line == "started":
+            kube.outage(3)
+
+    launcher = KubernetesLauncher(kube.api_client(), WatchTimeouts(pending_s=30, stall_s=60, poll_s=0.5))
+    launcher.launch(_sleeper("outage", 5)).wait(sink)
+    text = "\n".join(lines)
+    assert "API server did not answer (503" in text and "API server reachable again" in text
+    assert "finished" in lines and "[kubernetes] job outage complete" in lines
+
+
+def test_a_job_deleted_by_someone_else_ends_the_wait_with_that_reason(kube: KubeStandIn):
+    def sink(line: str) -> None:
+        if line == "started":
+            client.BatchV1Api(kube.api_client()).delete_namespaced_job(
+                "deleted", NAMESPACE, propagation_policy="Background"
+            )
+
+    launcher = KubernetesLauncher(kube.api_client(), WatchTimeouts(pending_s=30, stall_s=60, poll_s=0.5))
+    with pytest.raises(LaunchError, match="job fourm/deleted was deleted by someone else"):
+        launcher.launch(_sleeper("deleted", 30)).wait(sink)
+    kube.wait_for(lambda: not kube.live_processes(), timeout=30)
