@@ -204,26 +204,15 @@ def test_pretrain_flow_trains_on_kubernetes_when_params_say_so(
     """`launcher: kubernetes` in the flow's params: the task launches pods (on the stand-in API
     server of tests/kube_standin.py: no real cluster can run here), rank 0's log and the pod
     events land in the flow run's Prefect logs, and the pods carry the flow run's id."""
-    import sys
-
-    from kubernetes import client
 
     from flows.stages import pretrain_flow
-    from tests.conftest import REPO, settings_env
+    from tests.conftest import settings_env
     from tests.integration.test_k8s_launch import free_port, write_kubeconfig
-    from tests.kube_standin import KubeStandIn
+    from tests.kube_cluster import fourm_standin
     from tests.token_data import tiny_token_set
 
     tokens = tiny_token_set(tmp_path / "tokens", train=32, val=8)
-    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
-    with KubeStandIn(tmp_path / "kube", extra_env=env) as kube:
-        client.CoreV1Api(kube.api_client()).create_namespaced_secret(
-            "fourm",
-            client.V1Secret(
-                metadata=client.V1ObjectMeta(name="fourm-s3"),
-                string_data={"FOURM_S3_ENDPOINT": s3_settings.s3_endpoint},  # the rest: defaults
-            ),
-        )
+    with fourm_standin(tmp_path / "kube", s3_settings) as kube:
         for key, value in settings_env(s3_settings).items():
             monkeypatch.setenv(key, value)
         monkeypatch.setenv("FOURM_K8S_CONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", kube.url)))
@@ -246,7 +235,6 @@ def test_pretrain_flow_trains_on_kubernetes_when_params_say_so(
         assert state.is_completed(), state.message
         flow_run_id = state.state_details.flow_run_id
         pods = kube.pods()
-        assert not kube.errors, kube.errors
     assert state.result()["steps"] == 4 and (tmp_path / "model" / "model.pt").exists()
     assert len(pods) == 2
     assert {p["metadata"]["labels"]["fourm.dev/flow-run-id"] for p in pods} == {str(flow_run_id)}

@@ -38,12 +38,11 @@ from fourm.train.distributed import DistInfo
 from fourm.train.loop import run_fingerprint, train_4m
 from fourm.train.outputs import load_model
 from tests.conftest import REPO, settings_env
+from tests.kube_cluster import NAMESPACE, fourm_standin
 from tests.kube_standin import KubeStandIn
 from tests.token_data import tiny_token_set
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
-
-NAMESPACE = "fourm"
 
 
 def free_port() -> int:
@@ -94,26 +93,8 @@ def tokens(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture()
 def kube(tmp_path: Path, s3_settings: Settings):
-    """The stand-in with the ``fourm-s3`` Secret users create (credentials of the test S3 server)."""
-    env = {
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-        "PYTHONPATH": str(REPO),
-        "OMP_NUM_THREADS": "1",
-    }
-    with KubeStandIn(tmp_path / "kube", extra_env=env, retry_delay=1.0) as standin:
-        client.CoreV1Api(standin.api_client()).create_namespaced_secret(
-            NAMESPACE,
-            client.V1Secret(
-                metadata=client.V1ObjectMeta(name="fourm-s3"),
-                string_data={
-                    "FOURM_S3_ENDPOINT": s3_settings.s3_endpoint,
-                    "FOURM_S3_ACCESS_KEY": s3_settings.s3_access_key,
-                    "FOURM_S3_SECRET_KEY": s3_settings.s3_secret_key.get_secret_value(),
-                },
-            ),
-        )
+    with fourm_standin(tmp_path / "kube", s3_settings, retry_delay=1.0) as standin:
         yield standin
-        assert not standin.errors, standin.errors
 
 
 def leftovers(kube: KubeStandIn) -> dict[str, int]:

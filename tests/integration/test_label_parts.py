@@ -3,22 +3,18 @@ here and as an Indexed Job on the stand-in Kubernetes API server (tests/kube_sta
 
 from __future__ import annotations
 
-import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
-from kubernetes import client
 
 from fourm import stages
 from fourm.data.format import DatasetError
 from fourm.labelers.stage import label_parts_dir, run_label
 from fourm.params import LabelParams
 from fourm.settings import Settings
-from tests.conftest import REPO
 from tests.datasets import tiny_labeled_dataset
-from tests.kube_standin import KubeStandIn
+from tests.kube_cluster import fourm_standin
 
 pytestmark = pytest.mark.integration
 
@@ -74,12 +70,8 @@ def test_label_parts_run_as_an_indexed_job_on_kubernetes(raw: Path, tmp_path: Pa
         parts=3,
         kubernetes={"cpu": "1", "memory": "1Gi", "wandb_secret": None, "pending_timeout_s": 60},
     )
-    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
     out = tmp_path / "labels"
-    with KubeStandIn(tmp_path / "kube", extra_env=env) as kube:
-        client.CoreV1Api(kube.api_client()).create_namespaced_secret(
-            "fourm", client.V1Secret(metadata=client.V1ObjectMeta(name="fourm-s3"), string_data={"X": "y"})
-        )
+    with fourm_standin(tmp_path / "kube", s3_settings) as kube:
         lines: list[str] = []
         report = stages.label(
             params,
@@ -91,7 +83,6 @@ def test_label_parts_run_as_an_indexed_job_on_kubernetes(raw: Path, tmp_path: Pa
             log=lines.append,
         )
         pods = kube.pods()
-        assert not kube.errors, kube.errors
     assert report.num_samples == 24 and report.num_shards == 3
     assert [p["status"]["phase"] for p in pods] == ["Succeeded"] * 3
     assert any("label part 0/3: 8 samples in 1 shards" in line for line in lines)

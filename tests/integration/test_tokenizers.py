@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -204,11 +203,9 @@ def test_tokenize_parts_run_as_an_indexed_job_on_kubernetes(
     $(JOB_COMPLETION_INDEX)/2`) publishes to S3, then the caller assembles the set reusing
     every shard. Pods run on the stand-in API server (tests/kube_standin.py), seeing this
     machine's files as a cluster's pods would see a shared volume."""
-    from kubernetes import client
 
     from fourm import stages
-    from tests.conftest import REPO
-    from tests.kube_standin import KubeStandIn
+    from tests.kube_cluster import fourm_standin
 
     inputs, tokenizers = trained
     params = TokenizeParams(
@@ -217,18 +214,7 @@ def test_tokenize_parts_run_as_an_indexed_job_on_kubernetes(
         parts=2,
         kubernetes={"cpu": "1", "memory": "2Gi", "wandb_secret": None, "pending_timeout_s": 60},
     )
-    env = {
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-        "PYTHONPATH": str(REPO),
-    }
-    with KubeStandIn(tmp_path / "kube", extra_env=env) as kube:
-        client.CoreV1Api(kube.api_client()).create_namespaced_secret(
-            "fourm",
-            client.V1Secret(
-                metadata=client.V1ObjectMeta(name="fourm-s3"),
-                string_data={"FOURM_S3_ENDPOINT": s3_settings.s3_endpoint},
-            ),
-        )
+    with fourm_standin(tmp_path / "kube", s3_settings) as kube:
         lines: list[str] = []
         report = stages.tokenize(
             params,
@@ -240,7 +226,6 @@ def test_tokenize_parts_run_as_an_indexed_job_on_kubernetes(
             log=lines.append,
         )
         pods = kube.pods()
-        assert not kube.errors, kube.errors
     assert report.encoded_shards == 0 and report.reused_shards == report.num_shards > 0
     assert sorted(p["spec"]["containers"][0]["args"][-1] for p in pods) == ["$(JOB_COMPLETION_INDEX)/2"] * 2
     assert [p["status"]["phase"] for p in pods] == ["Succeeded", "Succeeded"]
