@@ -78,8 +78,12 @@ def label(
     inputs = [dataset_artifact(raw, "dataset"), _validated(Path(accepted).parent)]
     with recorded_run(settings, stage_name("label"), _section(params), inputs) as rec:
         if params.launcher == "kubernetes" and params.parts > 1:
+            from fourm.launch.shard_job import run_parts_on_kubernetes
+
             paths = {"--raw": raw, "--accepted": accepted, "--out": out_dir}
-            _parts_on_kubernetes("label", params, paths, out_dir, settings, kube_api, log)
+            run_parts_on_kubernetes(
+                "label", _section(params), params, paths, out_dir, settings, kube_api, log
+            )
         report = run_label(params, raw, accepted, out_dir)
         rec.output(dataset_artifact(out_dir, "label set"))
     return report
@@ -223,41 +227,18 @@ def tokenize(
         return run_tokenize(params, inputs, tokenizers_root, out_dir, uri, store, part=part)
     with recorded_run(settings, stage_name("tokenize"), _section(params), artifacts) as rec:
         if params.launcher == "kubernetes" and params.parts > 1:
+            from fourm.launch.shard_job import run_parts_on_kubernetes
+
             paths = {
                 "--raw": inputs.raw, "--labels": inputs.labels, "--accepted": inputs.accepted,
                 "--tokenizers": tokenizers_root, "--out": out_dir,
             }  # fmt: skip
-            _parts_on_kubernetes("tokenize", params, paths, out_dir, settings, kube_api, log)
+            run_parts_on_kubernetes(
+                "tokenize", _section(params), params, paths, out_dir, settings, kube_api, log
+            )
         report = run_tokenize(params, inputs, tokenizers_root, out_dir, uri, store)
         rec.output(token_set_artifact(out_dir, uri))
     return report
-
-
-def _parts_on_kubernetes(
-    stage: str,
-    params: Any,
-    paths: dict[str, Path],
-    out_dir: Path,
-    settings: Settings,
-    kube_api: Any,
-    log: Callable[[str], None] | None,
-) -> None:
-    """Run ``fourm <stage> --part i/N`` in the pods of an Indexed Job and wait for all of them.
-
-    The pods read the inputs at the same absolute paths (a shared volume) and this exact
-    params section (written beside the outputs, on that volume)."""
-    import tempfile
-
-    import yaml
-
-    from fourm.launch.shard_job import run_shard_job, shard_job_spec
-
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=Path(out_dir).resolve().parent) as f:
-        yaml.safe_dump({stage: _section(params)}, f)
-        f.flush()
-        args = ["--params", f.name] + [a for k, v in paths.items() for a in (k, str(Path(v).resolve()))]
-        spec = shard_job_spec(stage, args, params.parts, params.kubernetes, settings)
-        run_shard_job(spec, params.kubernetes, settings, api=kube_api, **({"sink": log} if log else {}))
 
 
 def _inputs_digest(artifacts: list[ArtifactSpec]) -> str:
@@ -308,7 +289,7 @@ def pretrain(
                 run_id=rec.run_id,
                 flow_run_id=flow_run_id or os.environ.get(FLOW_RUN_ENV),
                 api=kube_api,
-                **({"sink": log} if log else {}),
+                sink=log,
             )
         elif processes == 1:
             pretrain_process(params, str(tokens_dir), out_dir, reports_dir, resume=resume, settings=settings)

@@ -99,13 +99,14 @@ def run_pretrain_on_kubernetes(
     run_id: int | str | None = None,
     flow_run_id: str | None = None,
     api: client.ApiClient | None = None,
-    sink: LineSink = stderr_sink,
+    sink: LineSink | None = None,
 ) -> str:
     """Train on Kubernetes and bring the model and reports back to ``out_dir`` / ``reports_dir``.
 
     Returns the Job's name."""
     from fourm.train.outputs import fetch_outputs
 
+    sink = sink or stderr_sink
     store = ObjectStore.from_settings(settings)
     tokens_uri = publish_tokens(store, tokens, settings)
     name = job_name(f"pretrain-{params.model.size}")
