@@ -284,6 +284,12 @@ class MaskingParams(StrictModel):
         default_factory=dict, description="Per-modality alpha for targets (0 = never a target)."
     )
     mean_span_length: float = Field(3.0, gt=0, description="T5 span masking of captions and boxes.")
+    input_dropout: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Share of samples trained with no input at all, for classifier-free guidance.",
+    )
 
     @model_validator(mode="after")
     def _positive(self) -> MaskingParams:

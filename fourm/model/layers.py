@@ -32,21 +32,44 @@ class Attention(nn.Module):
         self.q_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps) if config.qk_norm else nn.Identity()
         self.k_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps) if config.qk_norm else nn.Identity()
 
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) -> (B, H, N, d)."""
+        B, N, D = t.shape
+        return t.view(B, N, self.heads, D // self.heads).transpose(1, 2)
+
+    def self_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Normalised queries, keys and values of ``x`` for self-attention: 3 x (B, H, N, d)."""
+        B, N, D = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        return self.q_norm(q), self.k_norm(k), v
+
+    def cross_q(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised cross-attention queries (B, H, N, d)."""
+        return self.q_norm(self._heads(self.q(x)))
+
+    def cross_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised keys and values of the context: 2 x (B, H, M, d); a decoder may cache them."""
+        B, M, D = context.shape
+        k, v = self.kv(context).view(B, M, 2, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        return self.k_norm(k), v
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Attention of (B, H, N, d) queries over keys/values, projected back to (B, N, D)."""
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, N, d)
+        B, H, N, d = y.shape
+        return self.proj(y.transpose(1, 2).reshape(B, N, H * d))
+
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor | None, context: torch.Tensor | None = None
     ) -> torch.Tensor:
-        B, N, D = x.shape
-        H = self.heads
         if self.cross:
             assert context is not None
-            M = context.shape[1]
-            q = self.q(x).view(B, N, H, D // H).transpose(1, 2)  # (B, H, N, d)
-            k, v = self.kv(context).view(B, M, 2, H, D // H).permute(2, 0, 3, 1, 4)  # 2 x (B, H, M, d)
+            q, (k, v) = self.cross_q(x), self.cross_kv(context)
         else:
-            q, k, v = self.qkv(x).view(B, N, 3, H, D // H).permute(2, 0, 3, 1, 4)  # 3 x (B, H, N, d)
-        q, k = self.q_norm(q), self.k_norm(k)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, N, d)
-        return self.proj(y.transpose(1, 2).reshape(B, N, D))
+            q, k, v = self.self_qkv(x)
+        return self.attend(q, k, v, mask)
 
 
 class FeedForward(nn.Module):

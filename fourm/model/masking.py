@@ -49,7 +49,12 @@ al., "4M", NeurIPS 2023, and the paper's public code):
    ``config.modalities`` order, then padding; decoder likewise (a modality's
    decoder tokens are contiguous, sequences in order). ``dec_tokens`` of image
    slots is 0 (the model feeds a mask token there).
-5. **Determinism.** Every random number of a sample comes from its own generator,
+5. **Input dropout** (classifier-free guidance, Ho & Salimans 2022): with
+   probability ``input_dropout`` a sample's encoder slots are all padding, so the
+   model also learns to predict its targets unconditionally. The draw comes from
+   a stream of its own (blake2b of seed, epoch, "drop", key), so every other
+   mask is the same with and without dropout.
+6. **Determinism.** Every random number of a sample comes from its own generator,
    seeded with blake2b(seed, epoch, key) and drawn in fixed-size blocks before any
    batch-wide (vectorised, row-independent) arithmetic; so a sample's masks depend
    only on (seed, epoch, key), never on its batch, position or process.
@@ -297,6 +302,8 @@ class Masker:
             np.concatenate(dec_in, 1),
             np.concatenate(dec_tgt, 1),
         )
+        if c.input_dropout > 0:
+            self._drop_inputs(enc, keys, epoch)
         return {
             "enc_tokens": enc[3],
             "enc_mod": enc[1],
@@ -308,6 +315,23 @@ class Masker:
             "dec_pad": dec[0],
             "targets": dec[4],
         }
+
+    def _drop_inputs(self, enc: tuple[np.ndarray, ...], keys: Sequence[str], epoch: int) -> None:
+        """Pad every encoder slot of the samples whose dropout draw is below ``input_dropout``."""
+        prefix = self._seed_bytes + int(epoch).to_bytes(8, "little") + b"drop"
+        u = np.array(
+            [
+                int.from_bytes(hashlib.blake2b(prefix + k.encode("utf-8"), digest_size=8).digest(), "little")
+                / 2**64
+                for k in keys
+            ]
+        )
+        drop = u < self.config.input_dropout
+        if drop.any():
+            pad, *values = enc
+            pad[drop] = True
+            for v in values:
+                v[drop] = 0
 
     def _check(
         self, tokens: Mapping[str, np.ndarray], keys: Sequence[str], epoch: int

@@ -12,6 +12,10 @@ from fourm.modalities import ModalityError, get_modality
 SEQUENCE_KINDS = ("sequence", "boxes")
 
 
+# Reserved ids of sequence vocabularies (fourm/tokenizers/text.py puts them first, in this order).
+PAD_ID, SOS_ID, EOS_ID, FIRST_SENTINEL_ID = 0, 2, 3, 4
+
+
 @dataclass(frozen=True)
 class DirichletSetting:
     """One Dirichlet component of the mixture; a missing or 0 alpha excludes the modality."""
@@ -44,11 +48,12 @@ class MaskingConfig:
     lengths: Mapping[str, int] | None = None
     mean_span_length: float = 3.0
     num_sentinels: int = 32
-    pad_id: int = 0
-    sos_id: int = 2
-    eos_id: int = 3
-    first_sentinel_id: int = 4
+    pad_id: int = PAD_ID
+    sos_id: int = SOS_ID
+    eos_id: int = EOS_ID
+    first_sentinel_id: int = FIRST_SENTINEL_ID
     seed: int = 0
+    input_dropout: float = 0.0  # share of samples shown no input at all (classifier-free guidance)
 
     def __post_init__(self) -> None:
         for name in ("modalities", "inputs", "targets", "settings"):
@@ -79,6 +84,8 @@ class MaskingConfig:
                 raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
         if not self.mean_span_length >= 1:
             raise ValueError(f"mean_span_length must be >= 1, got {self.mean_span_length}")
+        if not 0.0 <= self.input_dropout < 1.0:
+            raise ValueError(f"input_dropout must be in [0, 1), got {self.input_dropout}")
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
             raise ValueError(f"seed must be an int in [0, 2**64), got {self.seed!r}")
         sentinels = range(self.first_sentinel_id, self.first_sentinel_id + self.num_sentinels)

@@ -65,6 +65,7 @@ def masking_config(params: MaskingParams, config: ModelConfig, seed: int) -> Mas
         alphas=params.alphas,
         seed=seed,
         mean_span_length=params.mean_span_length,
+        input_dropout=params.input_dropout,
     )
     if not params.input_alphas and not params.target_alphas:
         return base
