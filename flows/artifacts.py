@@ -105,3 +105,27 @@ def publish_pretrain(report: dict[str, Any], stage: str) -> None:
             f"val loss {report['val_loss']:.3f}"
         ),
     )
+
+
+def publish_evaluation(report: dict[str, Any], stage: str, report_md: Path | None = None) -> None:
+    """Every task's metrics beside the baseline's as a table, and the markdown report."""
+    rows = [
+        {
+            "task": task,
+            "metric": name,
+            "model": value["model"],
+            "baseline": value["baseline"],
+            "better": "yes" if value["better"] else "no",
+        }
+        for task, result in report["tasks"].items()
+        for name, value in result["metrics"].items()
+    ]
+    beaten = sum(report["beats_baseline"].values())
+    create_table_artifact(
+        key=artifact_key(stage, "metrics"),
+        table=rows,
+        description=f"{beaten}/{len(report['beats_baseline'])} tasks beat their baseline "
+        f"({report['samples']} {report['split']} samples)",
+    )
+    if report_md is not None and report_md.exists():
+        create_markdown_artifact(key=artifact_key(stage, "report"), markdown=report_md.read_text())

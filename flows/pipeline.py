@@ -24,6 +24,7 @@ from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
 from flows.artifacts import (
+    publish_evaluation,
     publish_image,
     publish_pretrain,
     publish_stage_report,
@@ -125,8 +126,10 @@ def stage_reports(workspace: Path) -> dict[str, Path]:
     }
 
 
-def _publish(report: dict[str, Any], stage: str) -> None:
-    if "suite" in report and "rules" in report:
+def _publish(report: dict[str, Any], stage: str, report_path: Path | None = None) -> None:
+    if "tasks" in report and "beats_baseline" in report:
+        publish_evaluation(report, stage, report_path.with_name("report.md") if report_path else None)
+    elif "suite" in report and "rules" in report:
         publish_validation(report, stage)
     elif "tokenizers" in report and "split" in report:
         publish_tokenizer_eval(report, stage)
@@ -155,7 +158,7 @@ def run_stage(stage: str, workspace: str, report: str | None) -> dict[str, Any] 
             publish_image(ws / plot, stage, f"{stage}: {plot.name}", key_suffix=plot.stem)
     if report and (ws / report).exists():
         data = json.loads((ws / report).read_text())
-        _publish(data, stage)
+        _publish(data, stage, ws / report)
         return data
     return None
 

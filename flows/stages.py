@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger, task
 from pydantic import BaseModel
 
 from flows.artifacts import (
+    publish_evaluation,
     publish_image,
     publish_pretrain,
     publish_stage_report,
@@ -23,6 +24,7 @@ from flows.artifacts import (
 from fourm import stages
 from fourm.data.samples import DatasetInputs
 from fourm.params import (
+    EvaluateParams,
     GenerateParams,
     LabelParams,
     PretrainParams,
@@ -227,3 +229,34 @@ def pretrain_flow(
     if png.exists():
         publish_image(png, "pretrain", "pretraining loss and validation per modality", key_suffix="loss")
     return metrics
+
+
+@task(name="evaluate")
+def evaluate_task(
+    params: EvaluateParams, model: str, tokenizers: str, inputs: DatasetPaths, out_dir: str
+) -> dict:
+    """``model``: a model file or a registry reference (NAME:VERSION, NAME@STAGE)."""
+    from fourm.inference import resolve_model
+
+    return stages.evaluate(params, resolve_model(model), Path(tokenizers), inputs.resolve(), Path(out_dir))
+
+
+@flow(name="fourm-evaluate")
+def evaluate_flow(
+    model: str = "models/pretrain/model.pt",
+    params: EvaluateParams | None = None,
+    tokenizers: str = "data/tokenizers",
+    inputs: DatasetPaths | None = None,
+    out_dir: str = "reports/evaluate",
+) -> dict:
+    """Score a model on the held-out split (every task beside its trivial baseline, plus transfer);
+    metrics table, markdown report and galleries as artifacts."""
+    report = evaluate_task(
+        params or load_params().evaluate, model, tokenizers, inputs or DatasetPaths(), out_dir
+    )
+    publish_evaluation(report, "evaluate", Path(out_dir) / "report.md")
+    for name in ("gallery.png", "gallery_caption.png"):
+        png = Path(out_dir) / name
+        if png.exists():
+            publish_image(png, "evaluate", f"evaluation: {name}", key_suffix=png.stem.replace("_", "-"))
+    return report

@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fourm import cli_generate
 from fourm.params import ParamsError, PretrainParams, load_params
 from fourm.registry.cli import registry_app
 from fourm.settings import get_settings
@@ -47,9 +48,13 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from fourm.data.codecs import DecodeError
     from fourm.data.format import DatasetError
     from fourm.data.token_shards import TokenSetError
+    from fourm.evaluation.data import EvaluationDataError
+    from fourm.generation_io import InputError
+    from fourm.inference import InferenceError
     from fourm.labelers.base import LabelerError
     from fourm.launch.local import LaunchError
     from fourm.modalities import ModalityError
+    from fourm.model.generate import GenerationError
     from fourm.registry.errors import RegistryError
     from fourm.services import ServiceError
     from fourm.storage.object_store import StorageError
@@ -74,6 +79,10 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         TrainingDiverged,
         LaunchError,
         ModalityError,
+        GenerationError,
+        InferenceError,
+        InputError,
+        EvaluationDataError,
         OSError,
     )
 
@@ -92,24 +101,11 @@ def friendly_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-# Timings differ run to run; reports are DVC metrics and must be reproducible.
-_TIMINGS = ("seconds", "scenes_per_second", "samples_per_second", "images_per_second")
-
-
-def _without_timings(report: Any) -> Any:
-    """``report`` with run-to-run timings removed at every level (reports are DVC metrics)."""
-    if isinstance(report, dict):
-        return {k: _without_timings(v) for k, v in report.items() if k not in _TIMINGS}
-    if isinstance(report, list):
-        return [_without_timings(v) for v in report]
-    return report
-
-
 def _write_report(path: Path | None, report: dict[str, Any]) -> None:
     if path is not None:
-        from fourm.io import atomic_write_json
+        from fourm.io import atomic_write_json, without_timings
 
-        atomic_write_json(path, _without_timings(report))
+        atomic_write_json(path, without_timings(report))
 
 
 # -- settings -------------------------------------------------------------------
@@ -481,6 +477,12 @@ def train_cmd(
         highlight=False,
         soft_wrap=True,
     )
+
+
+# -- generate and evaluate (fourm/cli_generate.py) ------------------------------
+
+app.command("generate")(friendly_errors(cli_generate.generate_cmd))
+app.command("evaluate")(friendly_errors(cli_generate.evaluate_cmd))
 
 
 # -- bench ----------------------------------------------------------------------

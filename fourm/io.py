@@ -10,6 +10,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 _CHUNK = 1 << 20
 
@@ -76,3 +77,16 @@ def atomic_write_json(path: Path | str, obj: object) -> None:
 def canonical_json(obj: object) -> bytes:
     """Deterministic JSON bytes (sorted keys, no whitespace variance)."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+# Timings differ run to run; reports are DVC metrics and must be reproducible.
+_TIMINGS = ("seconds", "scenes_per_second", "samples_per_second", "images_per_second")
+
+
+def without_timings(report: Any) -> Any:
+    """``report`` with run-to-run timings removed at every level (reports are DVC metrics)."""
+    if isinstance(report, dict):
+        return {k: without_timings(v) for k, v in report.items() if k not in _TIMINGS}
+    if isinstance(report, list):
+        return [without_timings(v) for v in report]
+    return report

@@ -22,6 +22,7 @@ from fourm.io import sha256_bytes, sha256_file
 from fourm.labelers.stage import LabelReport, run_label
 from fourm.modalities import get_modality
 from fourm.params import (
+    EvaluateParams,
     GenerateParams,
     LabelParams,
     PretrainParams,
@@ -309,3 +310,36 @@ def pretrain(
             file_artifact(Path(out_dir) / "model.pt", "model checkpoint", f"4m-{params.model.size}", meta)
         )
     return metrics
+
+
+def evaluate(
+    params: EvaluateParams,
+    model_path: Path,
+    tokenizers: Path,
+    inputs: DatasetInputs,
+    out_dir: Path,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Evaluate a model on the held-out split and record the run: model, tokenizers and dataset in,
+    the metrics file out (the evaluation artifact a model version points to)."""
+    from fourm.evaluation.stage import METRICS_FILE, run_evaluate
+
+    settings = settings or get_settings()
+    ins = [
+        file_artifact(Path(model_path), "model checkpoint"),
+        _validated(Path(inputs.accepted).parent),
+        *(
+            tokenizer_artifact(d, d.name)
+            for d in sorted(Path(tokenizers).iterdir())
+            if (d / CONFIG_FILE).is_file()
+        ),
+    ]
+    with recorded_run(settings, stage_name("evaluate"), _section(params), ins) as rec:
+        report = run_evaluate(params, Path(model_path), Path(tokenizers), inputs, Path(out_dir))
+        summary = {name: r["beats_baseline"] for name, r in report["tasks"].items()}
+        rec.output(
+            file_artifact(
+                Path(out_dir) / METRICS_FILE, "evaluation report", None, {"beats_baseline": summary}
+            )
+        )
+    return report

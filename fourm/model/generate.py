@@ -54,6 +54,7 @@ class Given:
 
     tokens: torch.Tensor
     known: torch.Tensor
+    scores: torch.Tensor | None = None  # generated sequences: each token's sampling probability
 
     @staticmethod
     def full(tokens: torch.Tensor) -> Given:
@@ -88,6 +89,10 @@ class GenerationStep:
     top_p: float = 1.0
     guidance: float = 1.0
     use_cache: bool = True  # autoregressive
+    # autoregressive: bounds on the tokens generated, the closing [EOS] included
+    min_new_tokens: int = 0
+    max_new_tokens: int | None = None
+    vocab_size: int | None = None  # ids the tokenizer can decode (None: every id of the model's head)
 
     def __post_init__(self) -> None:
         try:
@@ -249,6 +254,13 @@ def _guided(logits: torch.Tensor, batch: int, guidance: float) -> torch.Tensor:
     return uncond + guidance * (cond - uncond)
 
 
+def _usable(logits: torch.Tensor, step: GenerationStep) -> torch.Tensor:
+    """Logits of ids the target's tokenizer cannot decode set to -inf."""
+    if step.vocab_size is not None and step.vocab_size < logits.shape[-1]:
+        logits[..., step.vocab_size :] = float("-inf")
+    return logits
+
+
 def _conditioning(states: Mapping[str, Given], target: str, guidance: float) -> list[dict[str, Given]]:
     """The states of the passes: conditional, plus unconditional (target only) under guidance."""
     passes = [dict(states)]
@@ -288,7 +300,7 @@ def _image_logits(
         mb = _masked_batch(enc, *dec)
         decoded = model.decode(mb, model.encode(mb))
         logits = model.heads[target](decoded).float()  # (reps*B, Q, V)
-    return _guided(logits, batch, step.guidance), pos, pad
+    return _usable(_guided(logits, batch, step.guidance), step), pos, pad
 
 
 def parallel_decode(
@@ -445,11 +457,14 @@ def _decode_rows(
                     torch.zeros_like(pos, dtype=torch.bool),
                 )
                 last = model.decode(mb, encoded)[:, -1]
-            logits = _guided(model.heads[target](last).float(), batch, step.guidance)
-            if t == n - 2:  # the row is full: only [EOS] fits
-                keep = torch.full_like(logits, float("-inf"))
+            logits = _usable(_guided(model.heads[target](last).float(), batch, step.guidance), step)
+            produced = t - k + 1  # tokens generated once this one is
+            if t == n - 2 or (step.max_new_tokens is not None and produced >= step.max_new_tokens):
+                keep = torch.full_like(logits, float("-inf"))  # the row is full: only [EOS] fits
                 keep[:, EOS_ID] = 0.0
                 logits = logits + keep
+            elif produced < step.min_new_tokens:
+                logits[:, EOS_ID] = float("-inf")
             ids, p = sample(logits, step.temperature, step.top_k, step.top_p, generator)
             ids = torch.where(finished, PAD_ID, ids)
             rows[:, t + 1] = ids
@@ -474,7 +489,8 @@ def generate(
     """Generate ``step.target`` conditioned on ``states`` (given tokens of the target stay)."""
     with torch.no_grad():
         if step.resolved_method == "autoregressive":
-            return autoregressive(model, states, step, generator, bf16)[0]
+            out, scores = autoregressive(model, states, step, generator, bf16)
+            return Given(out.tokens, out.known, scores)
         return parallel_decode(model, states, step, generator, bf16)
 
 

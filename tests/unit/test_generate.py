@@ -240,3 +240,17 @@ def test_input_dropout_empties_whole_samples_and_leaves_the_others_alone():
             assert np.array_equal(dropped[k], base[k])  # targets never change
     with pytest.raises(ValueError, match="input_dropout"):
         MaskingConfig.symmetric(("rgb",), ("rgb",), ("rgb",), 4, 4, input_dropout=1.0)
+
+
+def test_min_and_max_new_tokens_bound_the_decoded_length(model):
+    states = {"rgb": Given.full(image_tokens(2))}
+    out = generate(model, states, GenerationStep("caption", min_new_tokens=10, max_new_tokens=10), gen(0))
+    for row in out.tokens.tolist():
+        assert row.index(EOS_ID) == 10  # [SOS], 9 content tokens, then [EOS] as the 10th generated
+
+
+def test_ids_beyond_the_tokenizer_vocabulary_are_never_generated(model):
+    states = {"rgb": Given.full(image_tokens(3))}
+    caption = generate(model, states, GenerationStep("caption", temperature=2.0, vocab_size=40), gen(0))
+    depth = generate(model, states, GenerationStep("depth", temperature=2.0, vocab_size=10), gen(0))
+    assert int(caption.tokens.max()) < 40 and int(depth.tokens.max()) < 10

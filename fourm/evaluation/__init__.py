@@ -1,0 +1,1 @@
+"""Downstream evaluation of generated predictions against ground truth."""
