@@ -626,6 +626,41 @@ def bench_train_step_cmd(
     print(json.dumps(result))
 
 
+@bench_app.command("generate")
+def bench_generate_cmd(
+    config: Annotated[
+        str, typer.Option("--config", help="Named model config (random weights).")
+    ] = "bench-cpu-s",
+    batch_size: Annotated[
+        list[int] | None, typer.Option("--batch-size", help="Repeatable; default 1 and 32.")
+    ] = None,
+    steps: Annotated[int, typer.Option(help="MaskGIT steps.")] = 8,
+    caption_tokens: Annotated[int, typer.Option(help="Tokens decoded per caption.")] = 32,
+    repeats: Annotated[int, typer.Option(help="Timed calls (median reported).")] = 5,
+    threads: Annotated[int, typer.Option()] = 2,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """MaskGIT rgb->depth ms/sample and caption tokens/s with and without the key/value cache."""
+    from fourm.model.generate_bench import bench_generate
+
+    result = bench_generate(
+        config, tuple(batch_size or (1, 32)), steps, caption_tokens, repeats, threads, device=device
+    )
+    table = Table(
+        "work", "batch", "ms/call", "ms/sample", "tokens/s", title=f"{config}, {result['precision']}"
+    )
+    for key, r in result["maskgit"].items():
+        table.add_row(f"MaskGIT rgb->depth, {steps} steps", key.split("_")[1], f"{r['ms_per_call']:.1f}",
+                      f"{r['ms_per_sample']:.2f}", "-")  # fmt: skip
+    for key, r in result["caption"].items():
+        _, batch, *cache = key.split("_")
+        work = f"rgb->caption, {caption_tokens} tokens, {' '.join(cache)}"
+        speed = (f"{r['ms_per_call']:.1f}", f"{r['ms_per_sample']:.2f}", f"{r['tokens_per_s']:,.0f}")
+        table.add_row(work, batch, *speed)
+    out.print(table)
+    print(json.dumps(result))
+
+
 def main() -> None:  # pragma: no cover - console entry point
     try:
         app()

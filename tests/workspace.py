@@ -42,6 +42,12 @@ TINY_PARAMS = {
         "checkpoint_every": 2,
         "loader_workers": 0,
     },
+    "evaluate": {
+        "batch_size": 4,
+        "image": {"steps": 2},
+        "gallery_samples": 2,
+        "transfer": {"steps": 2, "batch_size": 4, "warmup_steps": 1, "eval_batch_size": 8},
+    },
 }
 
 
