@@ -379,8 +379,9 @@ def scene_presence(
     with no entry in ``class_names`` cannot be predicted and are dropped); predicted = the class
     ids >= 1 covering at least ``min_fraction`` of the map's pixels (and at least one pixel).
     Class 0 (the floor) is background and never counts. Counts are summed over samples:
-    precision = |named & predicted| / |predicted|, recall = |named & predicted| / |named|; each
-    is 1.0 when its denominator is 0 (nothing predicted / nothing named anywhere).
+    precision = |named & predicted| / |predicted|, recall = |named & predicted| / |named|. With
+    nothing predicted anywhere, precision is 0 (a predictor that never commits earns none) unless
+    nothing is named either (then 1); recall is 1 when nothing is named anywhere.
     """
     maps = _int_map(pred_class_maps, "pred_class_maps")
     texts = _texts(captions, "captions")
@@ -406,6 +407,6 @@ def scene_presence(
         n_pred += len(predicted)
         n_named += len(named)
     return {
-        "precision": hits / n_pred if n_pred else 1.0,
+        "precision": hits / n_pred if n_pred else (0.0 if n_named else 1.0),
         "recall": hits / n_named if n_named else 1.0,
     }

@@ -216,6 +216,9 @@ def test_scene_presence_constructed_maps() -> None:
         "precision": 1.0,
         "recall": 1.0,
     }
+    # Nothing predicted while shapes are named (the all-floor baseline): no precision earned.
+    empty = scene_presence(np.zeros((1, 4, 4), dtype=np.int64), captions[1:], CLASSES)
+    assert empty == {"precision": 0.0, "recall": 0.0}
 
 
 # --------------------------------------------------------------------------- validation
