@@ -35,6 +35,7 @@ STAGES = (
     "eval-tokenizers",
     "tokenize",
     "pretrain",
+    "evaluate",
 )
 
 
@@ -76,6 +77,8 @@ def test_repro_push_delete_pull_restores_identical_bytes(s3_settings: Settings, 
     assert "caption_exact" in metrics and "psnr" in metrics
     assert "reports/pretrain/metrics.json" in metrics and "val_loss" in metrics
     assert "step,loss,lr,grad_norm" in (ws / "reports" / "pretrain" / "history.csv").read_text()
+    assert "reports/evaluate/metrics.json" in metrics and "beats_baseline" in metrics
+    assert (ws / "reports" / "evaluate" / "gallery.png").read_bytes()[:4] == b"\x89PNG"
     run(["dvc", "push"], ws, env)
 
     shutil.rmtree(ws / ".dvc" / "cache")

@@ -94,6 +94,18 @@ def test_pipeline_flow_runs_stages_and_publishes_validation(
     )
     assert all(r["unigram baseline"] > 0 for r in validation.values())
     assert "data:image/png;base64,iVBOR" in artifacts["pretrain-loss"].data
+    # evaluation: every task's metrics beside its baseline, the markdown report, the galleries
+    rows = json.loads(artifacts["evaluate-metrics"].data)
+    assert {r["task"] for r in rows} == {
+        "rgb->depth",
+        "rgb->normal",
+        "rgb->semseg",
+        "rgb->boxes",
+        "rgb->caption",
+        "caption->semseg",
+    }
+    assert "| task | metric | model | baseline | better |" in artifacts["evaluate-report"].data
+    assert "data:image/png;base64,iVBOR" in artifacts["evaluate-gallery"].data
     # each stage's own output is streamed into the run log
     assert any("Running stage 'generate'" in m for m in logs)
     assert any("labeled validation of data/labels: 24/24" in m for m in logs)
@@ -113,6 +125,7 @@ def test_pipeline_flow_runs_stages_and_publishes_validation(
         "eval-tokenizers",
         "tokenize",
         "pretrain",
+        "evaluate",
     }
     assert {r.prefect_flow_run_id for r in runs} == {str(state.state_details.flow_run_id)}
     assert all(r.dvc_lock_sha256 and len(r.dvc_lock_sha256) == 64 for r in runs)
