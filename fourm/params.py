@@ -141,6 +141,10 @@ class LabelParams(ShardParallelParams):
             "boxes": "oracle",
         }
     )
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Labeler name -> its constructor options, e.g. {'hf-depth': {'model': 'dir/or/hub-id'}}.",
+    )
     batch_size: int = Field(64, ge=1)
 
 

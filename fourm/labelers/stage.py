@@ -17,8 +17,12 @@ from fourm.data import codecs
 from fourm.data.format import Dataset, DatasetError, DatasetWriter, iter_shard_bytes, read_manifest_rows
 from fourm.data.parts import part_range
 from fourm.io import atomic_output_dir, sha256_file
+from fourm.labelers import hf_boxes as _hf_boxes  # noqa: F401  (registers "hf-boxes")
+from fourm.labelers import hf_caption as _hf_caption  # noqa: F401  (registers "hf-caption")
+from fourm.labelers import hf_depth as _hf_depth  # noqa: F401  (registers "hf-depth", "hf-normal")
+from fourm.labelers import hf_semseg as _hf_semseg  # noqa: F401  (registers "hf-semseg")
 from fourm.labelers import oracle as _oracle  # noqa: F401  (registers "oracle")
-from fourm.labelers.base import Labeler, RawSample, make_labeler
+from fourm.labelers.base import Labeler, LabelerError, RawSample, available_labelers, make_labeler
 from fourm.params import LabelParams
 from fourm.progress import track
 
@@ -42,9 +46,15 @@ class LabelReport:
 def _labelers_for(params: LabelParams) -> dict[str, tuple[Labeler, list[str]]]:
     """Instantiate each selected labeler once, with the modalities it is asked for."""
     chosen: dict[str, tuple[Labeler, list[str]]] = {}
+    for name in params.options:
+        if name not in available_labelers():
+            raise LabelerError(
+                f"params.yaml: label.options.{name}: no labeler is called {name!r}; "
+                f"available: {', '.join(available_labelers())}"
+            )
     for modality, name in params.labelers.items():
         if name not in chosen:
-            chosen[name] = (make_labeler(name), [])
+            chosen[name] = (make_labeler(name, params.options.get(name)), [])
         labeler, modalities = chosen[name]
         if modality not in labeler.produces:
             raise ValueError(
@@ -86,8 +96,23 @@ def _card_meta(
         },
         "labelers": provenance,
         # batch size and where it ran change speed, never bytes: keep them out of the card
-        "params": params.model_dump(mode="json", exclude={"batch_size", "launcher", "parts", "kubernetes"}),
+        "params": _card_params(params),
     }
+
+
+# labeler options that change where and how fast a labeler runs, not what it writes
+_RUN_OPTIONS = ("device", "batch_size")
+
+
+def _card_params(params: LabelParams) -> dict:
+    dumped = params.model_dump(mode="json", exclude={"batch_size", "launcher", "parts", "kubernetes"})
+    options = {
+        name: {k: v for k, v in opts.items() if k not in _RUN_OPTIONS}
+        for name, opts in dumped.pop("options").items()
+    }
+    if options:  # no options: the card stays as it was before labelers took any
+        dumped["options"] = options
+    return dumped
 
 
 def _same_labels(a: dict, b: dict) -> bool:
