@@ -26,7 +26,7 @@ from fourm.settings import get_settings
 
 app = typer.Typer(help="fourm: train 4M-style any-to-any multimodal models.", no_args_is_help=True)
 services_app = typer.Typer(help="Local development services (S3 server).", no_args_is_help=True)
-data_app = typer.Typer(help="Datasets: generate, publish, summarise.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: generate, ingest, publish, summarise.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks (figures go to docs/benchmarks.md).", no_args_is_help=True)
 app.add_typer(services_app, name="services")
 app.add_typer(data_app, name="data")
@@ -47,6 +47,7 @@ ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read."
 def _known_errors() -> tuple[type[BaseException], ...]:
     from fourm.data.codecs import DecodeError
     from fourm.data.format import DatasetError
+    from fourm.data.ingest import IngestError
     from fourm.data.token_shards import TokenSetError
     from fourm.evaluation.data import EvaluationDataError
     from fourm.generation_io import InputError
@@ -83,6 +84,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         InferenceError,
         InputError,
         EvaluationDataError,
+        IngestError,
         OSError,
     )
 
@@ -182,6 +184,28 @@ def data_generate(
         f"generated {result.num_samples} scenes {result.splits} in {result.num_shards} shards "
         f"({result.bytes / 1e6:.1f} MB) at {out_dir} — {result.seconds:.1f} s, "
         f"{result.scenes_per_second:.0f} scenes/s"
+    )
+
+
+@data_app.command("ingest")
+@friendly_errors
+def data_ingest(
+    source: Annotated[str, typer.Argument(help="Image folder, .tar file(s) or glob, or s3://bucket/prefix.")],
+    params_file: ParamsOpt = Path("params.yaml"),
+    out_dir: Annotated[Path, typer.Option("--out")] = Path("data/raw"),
+    report: Annotated[Path | None, typer.Option("--report")] = None,
+) -> None:
+    """Ingest real images (params: ingest.*) into raw shards; bad files are quarantined, not fatal."""
+    from fourm import stages
+
+    result = stages.ingest(load_params(params_file).ingest, source, out_dir)
+    _write_report(report, result.to_dict())
+    bad = ", ".join(f"{k} {v}" for k, v in result.quarantined.items()) or "none"
+    out.print(
+        f"ingested {result.num_ingested} of {result.num_images} images {result.splits} in "
+        f"{result.num_shards} shards at {out_dir}; quarantined: {bad} (see {out_dir}/quarantine.json)",
+        highlight=False,
+        soft_wrap=True,
     )
 
 

@@ -7,7 +7,7 @@ the dotted key path, e.g. ``params.yaml: generate.resolution: ...``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -373,6 +373,32 @@ class RegistryParams(StrictModel):
     higher_is_better: bool = True
 
 
+Channel = Annotated[int, Field(ge=0, le=255)]
+
+
+class IngestParams(StrictModel):
+    """Ingesting real images (a folder, webdataset tars, s3://) into a raw dataset."""
+
+    resolution: int = Field(64, ge=16, le=256, description="Side of the square RGB images written.")
+    mode: Literal["center_crop", "pad"] = Field(
+        "center_crop",
+        description="center_crop: shorter side to resolution, centre crop; "
+        "pad: longer side to resolution, centred on pad_color.",
+    )
+    resample: Literal["lanczos", "bicubic"] = "lanczos"
+    pad_color: tuple[Channel, Channel, Channel] = Field((0, 0, 0), description="RGB fill of mode pad.")
+    min_size: int = Field(32, ge=1, description="Images whose shorter side is smaller are quarantined.")
+    captions: str | None = Field(
+        None, description="A CSV (file,caption) or JSONL ({file, caption}) caption mapping."
+    )
+    source_format: Literal["auto", "images", "webdataset"] = Field(
+        "auto", description="auto: webdataset for s3://, globs, .tar files and folders holding only tars."
+    )
+    splits: SplitFractions = SplitFractions()
+    samples_per_shard: int = Field(256, ge=1)
+    name: str | None = Field(None, description="Dataset name in the card (default: ingest-<source name>).")
+
+
 EvalTask = Literal[
     "rgb->depth", "rgb->normal", "rgb->semseg", "rgb->boxes", "rgb->caption", "caption->semseg"
 ]
@@ -441,6 +467,7 @@ class Params(StrictModel):
     """All of params.yaml."""
 
     generate: GenerateParams = GenerateParams()
+    ingest: IngestParams = IngestParams()
     label: LabelParams = LabelParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     registry: RegistryParams = RegistryParams()

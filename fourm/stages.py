@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fourm.data.generate import GenerateReport, run_generate
+from fourm.data.ingest import IngestReport
 from fourm.data.samples import DatasetInputs
 from fourm.data.token_shards import TOKENS_CARD
 from fourm.data.tokenize import TokenizeReport, run_tokenize
@@ -24,6 +25,7 @@ from fourm.modalities import get_modality
 from fourm.params import (
     EvaluateParams,
     GenerateParams,
+    IngestParams,
     LabelParams,
     PretrainParams,
     TokenizeParams,
@@ -55,6 +57,20 @@ def _validated(out_dir: Path) -> Any:
 def generate(params: GenerateParams, out_dir: Path, settings: Settings | None = None) -> GenerateReport:
     with recorded_run(settings or get_settings(), stage_name("generate"), _section(params), []) as rec:
         report = run_generate(params, out_dir)
+        rec.output(dataset_artifact(out_dir, "dataset"))
+    return report
+
+
+def ingest(
+    params: IngestParams, source: str, out_dir: Path, settings: Settings | None = None
+) -> IngestReport:
+    """Ingest real images into a raw dataset and record it (the source as the run's input)."""
+    from fourm.data.ingest import run_ingest
+
+    settings = settings or get_settings()
+    record = {**_section(params), "source": str(source)}
+    with recorded_run(settings, stage_name("ingest"), record, []) as rec:
+        report = run_ingest(params, source, out_dir)
         rec.output(dataset_artifact(out_dir, "dataset"))
     return report
 

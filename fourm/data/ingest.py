@@ -76,16 +76,15 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Annotated, Any, Literal
+from typing import IO, Any
 
 import numpy as np
 from PIL import Image, ImageOps
-from pydantic import Field
 
 from fourm.data import codecs
 from fourm.data.format import DatasetWriter
 from fourm.io import atomic_output_dir, atomic_write_json, sha256_bytes, sha256_file
-from fourm.params import SplitFractions, StrictModel
+from fourm.params import IngestParams, SplitFractions
 from fourm.progress import StepProgress, track
 
 INGEST_MODALITIES = ("rgb", "caption")
@@ -96,32 +95,6 @@ ID_PREFIX = "img-"
 
 # The rules an input can break (quarantine.json ``rules``), in report order.
 RULES = ("empty_file", "not_image", "unreadable", "too_small", "duplicate", "unreadable_tar")
-
-Channel = Annotated[int, Field(ge=0, le=255)]
-
-
-class IngestParams(StrictModel):
-    """Ingesting real images into a raw dataset. (To move to fourm/params.py.)"""
-
-    resolution: int = Field(64, ge=16, le=256, description="Side of the square RGB images written.")
-    mode: Literal["center_crop", "pad"] = Field(
-        "center_crop",
-        description="center_crop: shorter side to resolution, centre crop; "
-        "pad: longer side to resolution, centred on pad_color.",
-    )
-    resample: Literal["lanczos", "bicubic"] = "lanczos"
-    pad_color: tuple[Channel, Channel, Channel] = Field((0, 0, 0), description="RGB fill of mode pad.")
-    min_size: int = Field(32, ge=1, description="Images whose shorter side is smaller are quarantined.")
-    captions: str | None = Field(
-        None, description="A CSV (file,caption) or JSONL ({file, caption}) caption mapping."
-    )
-    source_format: Literal["auto", "images", "webdataset"] = Field(
-        "auto", description="auto: webdataset for s3://, globs, .tar files and folders holding only tars."
-    )
-    splits: SplitFractions = SplitFractions()
-    samples_per_shard: int = Field(256, ge=1)
-    name: str | None = Field(None, description="Dataset name in the card (default: ingest-<source name>).")
-
 
 class IngestError(ValueError):
     """The ingest input as a whole is unusable; names the file and the rule. Nothing is written."""

@@ -15,9 +15,9 @@ from PIL import Image
 from fourm.data import codecs
 from fourm.data import ingest as ingest_mod
 from fourm.data.format import Dataset
-from fourm.data.ingest import IngestError, IngestParams, image_id, prepare_image, run_ingest
+from fourm.data.ingest import IngestError, image_id, prepare_image, run_ingest
 from fourm.io import sha256_file
-from fourm.params import ValidateParams
+from fourm.params import IngestParams, ValidateParams
 from fourm.validation.stage import run_validate
 
 skdata = pytest.importorskip("skimage.data")
@@ -348,3 +348,44 @@ def test_webdataset_from_s3(store, tmp_path: Path) -> None:  # noqa: ANN001
     assert {k: v["caption"] for k, v in _decoded(tmp_path / "raw").items()} == expected
     quarantine = json.loads((tmp_path / "raw" / "quarantine.json").read_text())
     assert quarantine[0]["source"] == f"s3://{bucket}/{prefix}/shard-000.tar"
+
+
+def test_cli_ingest_records_the_dataset_and_refuses_a_missing_source(photos: dict, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from fourm.registry.api import Registry
+
+    url = f"sqlite:///{tmp_path / 'reg.db'}"
+    env = {**os.environ, "FOURM_REGISTRY_URL": url, "COLUMNS": "200"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "fourm",
+        "data",
+        "ingest",
+        str(photos["root"]),
+        "--out",
+        str(tmp_path / "raw"),
+    ]
+    proc = subprocess.run(
+        [*cmd, "--report", str(tmp_path / "r.json")], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"ingested {len(photos['good'])} of" in proc.stdout and "quarantined:" in proc.stdout
+    assert "images_per_second" not in (tmp_path / "r.json").read_text()  # reports are DVC metrics
+    with Registry(url) as reg:
+        (run,) = reg.runs("ingest")
+        _, outs = reg.run_io(run.id)
+    assert run.status == "succeeded" and outs[0].kind == "dataset"
+    missing = subprocess.run(
+        [*cmd[:5], str(tmp_path / "nope"), "--out", str(tmp_path / "x")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        missing.returncode == 1 and missing.stderr.startswith("error:") and "source_missing" in missing.stderr
+    )
+    assert not (tmp_path / "x").exists()
