@@ -46,10 +46,6 @@ def generate_cmd(
     ],
     out_dir: Annotated[Path, typer.Option("--out", help="Where the PNGs, raw arrays and grid.png go.")],
     tokenizers: TokenizersOpt = Path("data/tokenizers"),
-    params_file: Annotated[
-        Path | None,
-        typer.Option("--params", help="Decoding defaults (evaluate.*); default ./params.yaml if any."),
-    ] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed: the same seed gives the same outputs.")] = 0,
     method: Annotated[str | None, typer.Option(help="Image targets: maskgit or roar.")] = None,
     steps: Annotated[int | None, typer.Option(help="Parallel decoding steps.")] = None,
@@ -63,11 +59,8 @@ def generate_cmd(
     from fourm.inference import AnyToAny, resolve_model, step_for
     from fourm.io import atomic_output_dir
     from fourm.model.generate import GenerationError, parse_plan
-    from fourm.params import DecodingParams, EvaluateParams, load_params
+    from fourm.params import DecodingParams
 
-    if params_file is None and Path("params.yaml").is_file():
-        params_file = Path("params.yaml")
-    params = load_params(params_file).evaluate if params_file is not None else EvaluateParams()
     given_values = {}
     for text in inputs:
         name, value = parse_assignment(text)
@@ -82,10 +75,10 @@ def generate_cmd(
     if method is not None and method not in ("maskgit", "roar"):
         raise GenerationError(f"--method {method!r}: use maskgit or roar (sequences decode autoregressively)")
 
-    a2a = AnyToAny.load(resolve_model(model), tokenizers, bf16=params.bf16)
+    a2a = AnyToAny.load(resolve_model(model), tokenizers)
     steps_plan = []
     for target in targets:
-        base = params.sequence if target in ("caption", "boxes") else params.image
+        base = DecodingParams()  # greedy; image targets: MaskGIT, 8 cosine steps
         fields = (
             knobs
             if target not in ("caption", "boxes")
