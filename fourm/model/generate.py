@@ -487,7 +487,7 @@ def generate(
     bf16: bool = False,
 ) -> Given:
     """Generate ``step.target`` conditioned on ``states`` (given tokens of the target stay)."""
-    with torch.no_grad():
+    with torch.inference_mode():
         if step.resolved_method == "autoregressive":
             out, scores = autoregressive(model, states, step, generator, bf16)
             return Given(out.tokens, out.known, scores)

@@ -22,6 +22,7 @@ class DecoderCache:
     def __init__(self, model: FourM, encoded: torch.Tensor, enc_pad: torch.Tensor, modality: str):
         self.model = model
         self.modality_index = model.modalities.index(modality)
+        self.token_table = model.decoder_embed.token[modality]
         context = model.context_proj(encoded)  # (B, E, D)
         self.cross = [block.cross_attn.cross_kv(block.context_norm(context)) for block in model.decoder]
         self.cross_mask = model.key_padding_mask(enc_pad)
@@ -38,7 +39,8 @@ class DecoderCache:
         """Run the decoder on the next token of each sample: tokens/positions (B, 1) -> (B, 1, D)."""
         model = self.model
         mod = torch.full_like(tokens, self.modality_index)
-        x = model.decoder_embed(tokens, mod, positions)
+        # DecoderEmbedding for a sequence modality: position + modality + token (no mask token)
+        x = model.decoder_embed.positions(mod, positions) + self.token_table(tokens)
         for i, block in enumerate(model.decoder):
             q, k, v = block.self_attn.self_qkv(block.norm1(x))
             if self.keys[i] is not None:
