@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fourm.params import Params, ParamsError, dump_params, load_params, parse_params
 from tests.conftest import REPO
@@ -15,15 +16,19 @@ pytestmark = pytest.mark.unit
 def test_repo_params_yaml_is_valid_and_complete() -> None:
     params = load_params(REPO / "params.yaml")
     # every section is written out explicitly: params.yaml is the one source
-    assert set(dump_params(params)) == {
+    sections = {
         "generate",
+        "ingest",
         "label",
         "validate",
         "registry",
         "tokenizers",
         "tokenize",
         "pretrain",
+        "evaluate",
     }
+    assert set(dump_params(params)) == sections
+    assert set(yaml.safe_load((REPO / "params.yaml").read_text())) == sections
     assert dump_params(params) == dump_params(parse_params(dump_params(params)))
 
 
