@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import inspect
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
@@ -148,7 +149,7 @@ def inference(device: torch.device, bf16: bool) -> Iterator[None]:
         yield
 
 
-class HfLabeler:
+class HfLabeler(ABC):
     """Loading, options and provenance common to the transformers-backed labelers.
 
     Subclasses set ``name``, ``version``, ``produces``, ``auto_class`` (a transformers
@@ -215,8 +216,9 @@ class HfLabeler:
                 out[i] = label
         return out  # type: ignore[return-value]
 
+    @abstractmethod
     def _label_chunk(self, samples: list[RawSample]) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        """Labels of one chunk of at most ``batch_size`` samples (each labeler's own model call)."""
 
     def _encode(self, samples: list[RawSample]) -> dict[str, torch.Tensor]:
         encoded = self.processor(images=[s.rgb for s in samples], return_tensors="pt")
