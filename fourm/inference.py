@@ -26,9 +26,8 @@ from fourm.precision import use_bf16
 from fourm.progress import track
 from fourm.tokenizers.base import Tokenizer, TokenizerError
 from fourm.tokenizers.load import load_tokenizer, tokenizer_fingerprint
+from fourm.tokenizers.text import OBJECT_TOKENS
 from fourm.train.outputs import load_model
-
-OBJECT_TOKENS = 5  # a box: four coordinates and a class
 
 
 class InferenceError(ValueError):
