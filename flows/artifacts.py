@@ -53,6 +53,26 @@ def publish_validation(report: dict[str, Any], stage: str) -> None:
     create_markdown_artifact(key=artifact_key(stage, "summary"), markdown="\n".join(lines))
 
 
+def publish_quarantine(entries: list[dict[str, Any]], stage: str, limit: int = 200) -> None:
+    """Rejected inputs (ingest's quarantine.json) as a table: what, where, which rule, why."""
+    rows = [
+        {
+            "id": q.get("id") or "",
+            "source": q.get("source", ""),
+            "member": q.get("member") or "",
+            "rules": ", ".join(q.get("rules", [])),
+            "reason": q.get("reason", ""),
+        }
+        for q in entries[:limit]
+    ]
+    shown = f" (first {limit})" if len(entries) > limit else ""
+    create_table_artifact(
+        key=artifact_key(stage, "quarantine"),
+        table=rows or [{"id": "", "source": "", "member": "", "rules": "", "reason": "nothing quarantined"}],
+        description=f"{stage}: {len(entries)} inputs quarantined{shown}",
+    )
+
+
 def publish_image(path: Path, stage: str, title: str, key_suffix: str = "preview") -> None:
     """A PNG as a markdown artifact: embedded (data URI) and with its path."""
     data = base64.b64encode(path.read_bytes()).decode()

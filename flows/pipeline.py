@@ -27,10 +27,12 @@ from flows.artifacts import (
     publish_evaluation,
     publish_image,
     publish_pretrain,
+    publish_quarantine,
     publish_stage_report,
     publish_tokenizer_eval,
     publish_validation,
 )
+from fourm.data.ingest import QUARANTINE
 from fourm.io import canonical_json, sha256_bytes
 from fourm.registry.api import Registry
 from fourm.registry.hooks import FLOW_RUN_ENV
@@ -100,13 +102,23 @@ def _substitute(value: Any, item: Any) -> Any:
     return value
 
 
+def _foreach_items(items: Any, workspace: Path) -> list[Any]:
+    """A ``foreach`` list, or the params.yaml list a ``${section.key}`` template names."""
+    if isinstance(items, str) and items.startswith("${") and items.endswith("}"):
+        value: Any = yaml.safe_load((workspace / "params.yaml").read_text())
+        for key in items[2:-1].split("."):
+            value = value[key]
+        return list(value)
+    return list(items)
+
+
 def dvc_stages(workspace: Path) -> dict[str, dict[str, Any]]:
     """dvc.yaml's stages in file order, ``foreach`` stages expanded to ``name@item`` as DVC names them."""
     spec = yaml.safe_load((workspace / "dvc.yaml").read_text())
     stages: dict[str, dict[str, Any]] = {}
     for name, stage in spec["stages"].items():
         if "foreach" in stage:
-            for item in stage["foreach"]:
+            for item in _foreach_items(stage["foreach"], workspace):
                 stages[f"{name}@{item}"] = _substitute(stage["do"], item)
         else:
             stages[name] = stage
@@ -154,8 +166,13 @@ def run_stage(stage: str, workspace: str, report: str | None) -> dict[str, Any] 
         raise StageFailed(f"stage {stage} failed (exit {code}); see the log above")
     _record_lock_entry(ws, stage)
     for plot in stage_plots(ws).get(stage, []):
-        if plot.suffix == ".png" and (ws / plot).exists():
-            publish_image(ws / plot, stage, f"{stage}: {plot.name}", key_suffix=plot.stem)
+        pngs = sorted((ws / plot).glob("*.png")) if (ws / plot).is_dir() else [ws / plot]
+        for png in pngs:
+            if png.suffix == ".png" and png.exists():
+                publish_image(png, stage, f"{stage}: {png.name}", key_suffix=png.stem)
+    for out in _outputs(dvc_stages(ws)[stage].get("outs")):
+        if (ws / out / QUARANTINE).is_file():  # ingest's rejected files, with their reasons
+            publish_quarantine(json.loads((ws / out / QUARANTINE).read_text()), stage)
     if report and (ws / report).exists():
         data = json.loads((ws / report).read_text())
         _publish(data, stage, ws / report)

@@ -8,6 +8,7 @@ reproducible runs use ``fourm-pipeline``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -17,6 +18,7 @@ from flows.artifacts import (
     publish_evaluation,
     publish_image,
     publish_pretrain,
+    publish_quarantine,
     publish_stage_report,
     publish_tokenizer_eval,
     publish_validation,
@@ -26,6 +28,7 @@ from fourm.data.samples import DatasetInputs
 from fourm.params import (
     EvaluateParams,
     GenerateParams,
+    IngestParams,
     LabelParams,
     PretrainParams,
     TokenizeParams,
@@ -69,6 +72,23 @@ def generate_flow(params: GenerateParams | None = None, out_dir: str = "data/raw
     """Render the synthetic dataset into raw shards."""
     report = generate_task(params or load_params().generate, out_dir)
     publish_stage_report(report, "generate")
+    return report
+
+
+@task(name="ingest")
+def ingest_task(params: IngestParams, source: str, out_dir: str) -> dict:
+    return stages.ingest(params, source, Path(out_dir)).to_dict()
+
+
+@flow(name="fourm-ingest")
+def ingest_flow(source: str, params: IngestParams | None = None, out_dir: str = "data/raw") -> dict:
+    """Ingest your images (a folder, .tar shards or an s3:// prefix) into raw shards; bad files are
+    quarantined with their reason (a table artifact), never fatal."""
+    report = ingest_task(params or load_params().ingest, source, out_dir)
+    publish_stage_report(report, "ingest")
+    quarantine = Path(out_dir) / "quarantine.json"
+    if quarantine.exists():
+        publish_quarantine(json.loads(quarantine.read_text()), "ingest")
     return report
 
 
@@ -158,7 +178,7 @@ def eval_tokenizers_flow(
     params: TokenizersParams | None = None,
     inputs: DatasetPaths | None = None,
     tokenizers: str = "data/tokenizers",
-    preview_dir: str = "reports/tokenizers",
+    preview_dir: str = "reports/tokenizers/recon",
 ) -> dict:
     """Tokenize -> detokenize the evaluation split; metrics table and reconstruction grids."""
     report = eval_tokenizers_task(

@@ -180,11 +180,45 @@ def data_generate(
     params = load_params(params_file)
     result = stages.generate(params.generate, out_dir)
     _write_report(report, result.to_dict())
+    _print_generated(result, out_dir)
+
+
+def _print_generated(result: Any, out_dir: Path) -> None:
     out.print(
         f"generated {result.num_samples} scenes {result.splits} in {result.num_shards} shards "
         f"({result.bytes / 1e6:.1f} MB) at {out_dir} — {result.seconds:.1f} s, "
         f"{result.scenes_per_second:.0f} scenes/s"
     )
+
+
+def _print_ingested(result: Any, out_dir: Path) -> None:
+    bad = ", ".join(f"{k} {v}" for k, v in result.quarantined.items()) or "none"
+    out.print(
+        f"ingested {result.num_ingested} of {result.num_images} images {result.splits} in "
+        f"{result.num_shards} shards at {out_dir}; quarantined: {bad} (see {out_dir}/quarantine.json)",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@data_app.command("source")
+@friendly_errors
+def data_source(
+    params_file: ParamsOpt = Path("params.yaml"),
+    out_dir: Annotated[Path, typer.Option("--out")] = Path("data/raw"),
+    report: Annotated[Path | None, typer.Option("--report")] = None,
+) -> None:
+    """The raw dataset from params.yaml's source: synthetic scenes (generate.*) or images at
+    source.path (ingest.*). The pipeline's first stage: switching data is a params change."""
+    from fourm import stages
+
+    params = load_params(params_file)
+    result = stages.source(params, out_dir)
+    _write_report(report, {"kind": params.source.kind, **result.to_dict()})
+    if params.source.kind == "images":
+        _print_ingested(result, out_dir)
+    else:
+        _print_generated(result, out_dir)
 
 
 @data_app.command("ingest")
@@ -200,13 +234,7 @@ def data_ingest(
 
     result = stages.ingest(load_params(params_file).ingest, source, out_dir)
     _write_report(report, result.to_dict())
-    bad = ", ".join(f"{k} {v}" for k, v in result.quarantined.items()) or "none"
-    out.print(
-        f"ingested {result.num_ingested} of {result.num_images} images {result.splits} in "
-        f"{result.num_shards} shards at {out_dir}; quarantined: {bad} (see {out_dir}/quarantine.json)",
-        highlight=False,
-        soft_wrap=True,
-    )
+    _print_ingested(result, out_dir)
 
 
 @data_app.command("publish")
@@ -294,6 +322,7 @@ def label_cmd(
     out.print(
         f"labeled {result.num_samples} samples in {result.num_shards} shards with "
         f"{', '.join(names)} at {out_dir} — {result.seconds:.1f} s, {result.samples_per_second:.0f} samples/s"
+        f" ({result.workers} worker{'s' if result.workers > 1 else ''})"
     )
 
 
@@ -682,6 +711,54 @@ def bench_generate_cmd(
         speed = (f"{r['ms_per_call']:.1f}", f"{r['ms_per_sample']:.2f}", f"{r['tokens_per_s']:,.0f}")
         table.add_row(work, batch, *speed)
     out.print(table)
+    print(json.dumps(result))
+
+
+@bench_app.command("label")
+@friendly_errors
+def bench_label_cmd(
+    labeler: Annotated[
+        list[str] | None,
+        typer.Option("--labeler", help="Repeatable; default: every registered labeler that builds here."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per labeler call.")] = 16,
+    repeats: Annotated[int, typer.Option(help="Timed calls (median reported).")] = 5,
+    resolution: Annotated[int, typer.Option()] = 64,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (model-backed labelers).")] = "auto",
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", help="NAME=DIR_OR_HUB_ID: a real checkpoint instead of the tiny random one."),
+    ] = None,
+    option: Annotated[
+        list[str] | None, typer.Option("--option", help="NAME.KEY=VALUE labeler option (VALUE as YAML).")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads; default: one per core.")] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write the JSON result here.")] = None,
+) -> None:
+    """Images/s of each labeler on sample photographs (tiny random models unless --model).
+
+    To measure on a GPU: `fourm bench label --device cuda` on a machine with one, with real
+    checkpoints via `--model hf-depth=DIR_OR_HUB_ID`."""
+    from fourm.io import atomic_write_json
+    from fourm.labelers.bench import bench_labelers
+
+    result = bench_labelers(
+        labeler, batch_size, repeats, resolution, device, model or (), option or (), threads
+    )
+    title = (
+        f"labelers on {result['device']} ({result['threads']} torch threads), batch {batch_size}, "
+        f"{resolution}px, median of {repeats}"
+    )
+    table = Table("labeler", "images/s", "min", "max", "images", "model", title=title)
+    for name, r in result["labelers"].items():
+        speed = (f"{r['images_per_second']:,.1f}", f"{r['min']:,.1f}", f"{r['max']:,.1f}")
+        table.add_row(name, *speed, r["images"], r["model"] or "-")
+    out.print(table)
+    for name, why in result["skipped"].items():
+        out.print(f"{name} skipped: {why}", highlight=False)
+    out.print(result["gpu"], highlight=False)
+    if report is not None:
+        atomic_write_json(report, result)
     print(json.dumps(result))
 
 

@@ -30,7 +30,7 @@ class Modality:
     vocab_size: int  # token ids are in [0, vocab_size)
     grid_size: int = 0  # image-like: tokens per side
     max_length: int = 0  # sequences: tokens including start and end
-    channels: int = 0  # image-like: tokenizer input channels (classes for semseg)
+    channels: int = 0  # image-like: tokenizer input channels (classes for semseg; 0: set by the data)
     description: str = ""
 
     @property
@@ -133,6 +133,30 @@ register_modality(
         grid_size=8,
         channels=4,
         description="semantic segmentation (one-hot classes in), VQ-VAE tokens",
+    )
+)
+register_modality(
+    Modality(
+        "edges",
+        "image",
+        "edges",
+        "vqvae",
+        IMAGE_VOCAB,
+        grid_size=8,
+        channels=1,
+        description="Canny edges of the RGB (0/1 per pixel), VQ-VAE tokens",
+    )
+)
+register_modality(
+    Modality(
+        "clip",
+        "image",
+        "clip",
+        "vqvae",
+        IMAGE_VOCAB,
+        grid_size=8,
+        channels=0,
+        description="CLIP vision patch features (grid x grid x D; D set by the model), VQ-VAE tokens",
     )
 )
 register_modality(

@@ -33,6 +33,25 @@ class SplitFractions(StrictModel):
         return self
 
 
+class SourceParams(StrictModel):
+    """Where the raw dataset comes from: synthetic scenes or the user's images (one params switch)."""
+
+    kind: Literal["synthetic", "images"] = Field(
+        "synthetic", description="synthetic: render scenes (generate.*); images: ingest `path` (ingest.*)."
+    )
+    path: str = Field(
+        "fourm/data/synthetic.py",
+        description="What the source stage reads, a DVC dependency: for images a folder, .tar shard(s) or "
+        "s3:// prefix (remote://<dvc remote>/prefix for a configured remote); for synthetic, the generator.",
+    )
+
+    @model_validator(mode="after")
+    def _images_need_a_path(self) -> SourceParams:
+        if self.kind == "images" and self.path.endswith(".py"):
+            raise ValueError(f"kind images reads images from path, not from {self.path!r}")
+        return self
+
+
 class GenerateParams(StrictModel):
     """Synthetic scene generation (the embedded default dataset)."""
 
@@ -54,7 +73,7 @@ class GenerateParams(StrictModel):
         return self
 
 
-LabelModality = Literal["depth", "normal", "semseg", "instance", "boxes"]
+LabelModality = Literal["depth", "normal", "semseg", "instance", "boxes", "edges", "clip", "caption"]
 
 
 class TolerationParams(StrictModel):
@@ -146,13 +165,18 @@ class LabelParams(ShardParallelParams):
         description="Labeler name -> its constructor options, e.g. {'hf-depth': {'model': 'dir/or/hub-id'}}.",
     )
     batch_size: int = Field(64, ge=1)
+    workers: int = Field(
+        1, ge=1, description="Processes labeling shards on this machine; each builds its labelers once."
+    )
 
 
 class ValidateParams(StrictModel):
     """Validation policy shared by the raw and labeled suites."""
 
     max_bad_fraction: float = Field(0.01, ge=0, le=1)
-    caption_min_chars: int = Field(1, ge=1)
+    caption_min_chars: int = Field(
+        1, ge=0, description="0: sources without captions pass (a captioner fills them in the label stage)."
+    )
     caption_max_chars: int = Field(600, ge=1)
     normal_tolerance: float = Field(1e-3, gt=0, description="Allowed | |n| - 1 | per pixel.")
     max_examples: int = Field(10, ge=1, description="Failing sample ids listed per rule.")
@@ -187,8 +211,9 @@ class VQVAEParams(StrictModel):
 
     @model_validator(mode="after")
     def _power_of_two(self) -> VQVAEParams:
-        if self.downsample < 2 or self.downsample & (self.downsample - 1):
-            raise ValueError(f"downsample must be a power of two >= 2, got {self.downsample}")
+        # 1: the values are at the token grid already (feature maps such as clip)
+        if self.downsample < 1 or self.downsample & (self.downsample - 1):
+            raise ValueError(f"downsample must be a power of two, got {self.downsample}")
         return self
 
 
@@ -216,8 +241,27 @@ class TokenizersParams(StrictModel):
         default_factory=dict, description="modality -> VQ-VAE params that differ from `vqvae`"
     )
     text: TextParams = TextParams()
+    image_modalities: tuple[str, ...] = Field(
+        ("rgb", "depth", "normal", "semseg"),
+        description="The VQ-VAE tokenizers trained (dvc.yaml's train-tokenizer foreach).",
+    )
     eval_split: Literal["train", "val", "test"] = "val"
     eval_preview_samples: int = Field(8, ge=1, description="Rows in each reconstruction grid PNG.")
+
+    @model_validator(mode="after")
+    def _image_modalities_known(self) -> TokenizersParams:
+        from fourm.modalities import ModalityError, get_modality
+
+        for name in self.image_modalities:
+            try:
+                tokenizer = get_modality(name).tokenizer
+            except ModalityError as err:
+                raise ValueError(f"image_modalities: {err}") from None
+            if tokenizer != "vqvae":
+                raise ValueError(f"image_modalities: {name!r} is not tokenized by a VQ-VAE")
+        if len(set(self.image_modalities)) != len(self.image_modalities):
+            raise ValueError(f"image_modalities: repeated names in {list(self.image_modalities)}")
+        return self
 
     def vqvae_for(self, modality: str) -> VQVAEParams:
         """The VQ-VAE params of ``modality``: ``vqvae`` with its overrides applied (validated)."""
@@ -236,7 +280,7 @@ class TokenizersParams(StrictModel):
         return self
 
 
-TokenModality = Literal["rgb", "depth", "normal", "semseg", "caption", "boxes"]
+TokenModality = Literal["rgb", "depth", "normal", "semseg", "edges", "clip", "caption", "boxes"]
 
 
 class TokenizeParams(ShardParallelParams):
@@ -466,6 +510,7 @@ class EvaluateParams(StrictModel):
 class Params(StrictModel):
     """All of params.yaml."""
 
+    source: SourceParams = SourceParams()
     generate: GenerateParams = GenerateParams()
     ingest: IngestParams = IngestParams()
     label: LabelParams = LabelParams()
@@ -477,6 +522,27 @@ class Params(StrictModel):
     evaluate: EvaluateParams = EvaluateParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _tokenizers_for_tokens(self) -> Params:
+        from fourm.modalities import get_modality
+
+        missing = [
+            m
+            for m in self.tokenize.modalities
+            if get_modality(m).tokenizer == "vqvae" and m not in self.tokenizers.image_modalities
+        ]
+        if missing:
+            raise ValueError(
+                f"tokenize.modalities has {missing} but tokenizers.image_modalities does not train "
+                f"{'it' if len(missing) == 1 else 'them'}"
+            )
+        unseen = sorted(
+            {*self.pretrain.model.inputs, *self.pretrain.model.targets} - set(self.tokenize.modalities)
+        )
+        if unseen:
+            raise ValueError(f"pretrain.model inputs/targets {unseen} are not in tokenize.modalities")
+        return self
 
     @model_validator(mode="after")
     def _sentinels_for_masking(self) -> Params:

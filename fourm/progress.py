@@ -68,27 +68,33 @@ class StepProgress:
         self.total, self.description, self.unit = total, description, unit
         self.start_done, self.started = start, time.perf_counter()
         self._every = max(1, -(-total // 10))
+        self._last = start
         self._bar: Progress | None = None
         if sys.stderr.isatty():
             self._bar = Progress(
                 TextColumn(f"[bold]{description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
                 TextColumn("{task.fields[note]}"),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
             )
             self._bar.start()
-            self._task = self._bar.add_task(description, total=total, completed=start, note="")
+            self._task = self._bar.add_task(description, total=total, completed=start, note="", rate="")
 
     def update(self, done: int, note: str = "") -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, completed=done, note=note)
-            return
-        if done % self._every and done != self.total:
-            return
         elapsed = time.perf_counter() - self.started
         rate = (done - self.start_done) / max(elapsed, 1e-9)
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, note=note, rate=f"{_fmt(rate)} {self.unit}/s")
+            return
+        # a line each time ``done`` crosses a tenth (steps of many units may skip the multiples)
+        crossed = done // self._every != self._last // self._every
+        finished = done == self.total != self._last
+        self._last = done
+        if not (crossed or finished):
+            return
         eta = (self.total - done) / rate if rate > 0 else float("nan")
         print(
             f"{self.description}: {done}/{self.total} {self.unit} ({_fmt(rate)}/s, ETA {eta:.0f} s) {note}",

@@ -27,6 +27,7 @@ from fourm.params import (
     GenerateParams,
     IngestParams,
     LabelParams,
+    Params,
     PretrainParams,
     TokenizeParams,
     TokenizersParams,
@@ -73,6 +74,13 @@ def ingest(
         report = run_ingest(params, source, out_dir)
         rec.output(dataset_artifact(out_dir, "dataset"))
     return report
+
+
+def source(params: Params, out_dir: Path, settings: Settings | None = None) -> GenerateReport | IngestReport:
+    """The raw dataset from the source params.yaml selects: synthetic scenes or ingested images."""
+    if params.source.kind == "images":
+        return ingest(params.ingest, params.source.path, out_dir, settings)
+    return generate(params.generate, out_dir, settings)
 
 
 def label(

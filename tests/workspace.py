@@ -58,8 +58,13 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def make_workspace(root: Path, settings: Settings, params: dict | None = None) -> tuple[Path, dict[str, str]]:
+def make_workspace(
+    root: Path, settings: Settings, params: dict | None = None, replace: dict[str, object] | None = None
+) -> tuple[Path, dict[str, str]]:
     """Copy dvc.yaml, params.yaml (overridden by ``params``), the package and DVC config.
+
+    ``params`` merge into the repo's params.yaml key by key; ``replace`` sets whole values
+    by dotted key afterwards (e.g. ``{"label.labelers": {...}}`` drops the repo's entries).
 
     Returns the workspace and the environment its commands need (S3 settings,
     PATH with this interpreter's bin first). The DVC remote gets a unique prefix.
@@ -73,7 +78,14 @@ def make_workspace(root: Path, settings: Settings, params: dict | None = None) -
     shutil.copy(REPO / ".dvc" / "config", ws / ".dvc")
     shutil.copy(REPO / ".dvc" / ".gitignore", ws / ".dvc")
     base = yaml.safe_load((REPO / "params.yaml").read_text())
-    (ws / "params.yaml").write_text(yaml.safe_dump(_merge(base, params or TINY_PARAMS)))
+    merged = _merge(base, params or TINY_PARAMS)
+    for dotted, value in (replace or {}).items():
+        *parents, last = dotted.split(".")
+        section = merged
+        for key in parents:
+            section = section[key]
+        section[last] = value
+    (ws / "params.yaml").write_text(yaml.safe_dump(merged))
     services.configure_dvc_remote(
         settings, ws, url=f"s3://{settings.buckets.dvc}/test-{uuid.uuid4().hex[:8]}"
     )

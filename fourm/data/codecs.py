@@ -20,6 +20,8 @@ EXTENSIONS: dict[str, str] = {
     "semseg": "png",
     "instance": "png",
     "boxes": "json",
+    "edges": "png",
+    "clip": "npy.zlib",
 }
 
 

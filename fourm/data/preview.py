@@ -40,6 +40,29 @@ def colorize_semseg(semseg: np.ndarray) -> np.ndarray:
     return PALETTE[np.minimum(semseg, len(PALETTE) - 1)]
 
 
+def colorize_edges(edges: np.ndarray) -> np.ndarray:
+    """Edge pixels white on black."""
+    return np.repeat((np.asarray(edges) > 0).astype(np.uint8)[..., None] * 255, 3, axis=-1)
+
+
+def colorize_features(features: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+    """A (H, W, D) feature map as RGB: its projection on the first three principal components of
+    ``reference`` (itself by default), so a reconstruction is coloured like its input."""
+    ref = np.asarray(reference if reference is not None else features, np.float64).reshape(
+        -1, features.shape[-1]
+    )
+    mean = ref.mean(axis=0)
+    _, _, vt = np.linalg.svd(ref - mean, full_matrices=False)
+    basis = vt[:3].T
+    ref_proj = (ref - mean) @ basis
+    lo, hi = ref_proj.min(axis=0), ref_proj.max(axis=0)
+    proj = (np.asarray(features, np.float64).reshape(-1, features.shape[-1]) - mean) @ basis
+    rgb = np.clip((proj - lo) / np.maximum(hi - lo, 1e-9), 0, 1) * 255
+    if rgb.shape[1] < 3:  # fewer than 3 feature channels: pad with grey
+        rgb = np.concatenate([rgb, np.full((len(rgb), 3 - rgb.shape[1]), 128.0)], axis=1)
+    return rgb.reshape(*features.shape[:2], 3).astype(np.uint8)
+
+
 def draw_boxes(rgb: np.ndarray, boxes: list[dict], scale: int) -> Image.Image:
     img = Image.fromarray(rgb).resize((rgb.shape[1] * scale, rgb.shape[0] * scale), Image.NEAREST)
     draw = ImageDraw.Draw(img)

@@ -1,7 +1,8 @@
 """Read whole samples: a raw dataset joined with its label set, accepted samples only.
 
 Raw shards hold rgb, caption and scene; label shards (same names, same order,
-quarantined samples left out) hold depth, normal, semseg, instance and boxes.
+quarantined samples left out) hold depth, normal, semseg, instance and boxes, and
+optionally edges, clip and a caption (from a captioner; it wins over the raw one).
 ``iter_samples`` walks both in step and yields the decoded members asked for.
 """
 
@@ -51,10 +52,15 @@ def iter_samples(
 ) -> Iterator[Sample]:
     """Accepted samples (optionally of ``splits`` and source ``shards``) with the decoded ``members``."""
     accepted = {r["id"]: r["split"] for r in read_manifest_rows(Path(accepted_manifest))}
-    raw_members = [m for m in members if m in RAW_MEMBERS]
-    label_members = [m for m in members if m not in RAW_MEMBERS]
+    labels = (
+        Dataset.open(labels_dir) if any(m not in RAW_MEMBERS or m == "caption" for m in members) else None
+    )
+    labeled = set(labels.card.get("modalities", [])) if labels is not None else set()
+    # a caption in the label set (a captioner filled it) wins over the source's
+    label_members = [m for m in members if m not in RAW_MEMBERS or m in labeled]
+    raw_members = [m for m in members if m not in label_members]
     raw = Dataset.open(raw_dir) if raw_members else None
-    labels = Dataset.open(labels_dir) if label_members else None
+    labels = labels if label_members else None
     lead = labels or raw
     assert lead is not None, "no members asked for"
     for shard in lead.shards:

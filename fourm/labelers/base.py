@@ -66,11 +66,34 @@ def available_labelers() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _option_parameters(factory: Callable[..., Labeler]) -> tuple[list[inspect.Parameter], bool]:
+    """The factory's named keyword parameters, and whether it takes any keyword at all.
+
+    A class whose ``__init__`` passes ``**kwargs`` on to its base also takes the base's
+    options, so the chain of ``__init__``s is followed until one names all it takes."""
+    inits = (
+        [c.__init__ for c in inspect.getmro(factory) if "__init__" in vars(c)]
+        if inspect.isclass(factory)
+        else []
+    )
+    found: dict[str, inspect.Parameter] = {}
+    for fn in inits or [factory]:
+        if fn is object.__init__:  # nothing further up takes options
+            return list(found.values()), False
+        forwards = False
+        for p in inspect.signature(fn).parameters.values():
+            if p.kind is p.VAR_KEYWORD:
+                forwards = True
+            elif p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self":
+                found.setdefault(p.name, p)
+        if not forwards:
+            return list(found.values()), False
+    return list(found.values()), True
+
+
 def labeler_options(name: str) -> list[str]:
     """Names of the options (constructor keyword arguments) the labeler ``name`` accepts."""
-    factory = _factory(name)
-    params = inspect.signature(factory).parameters.values()
-    return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return [p.name for p in _option_parameters(_factory(name))[0]]
 
 
 def make_labeler(name: str, options: Mapping[str, Any] | None = None) -> Labeler:
@@ -79,8 +102,8 @@ def make_labeler(name: str, options: Mapping[str, Any] | None = None) -> Labeler
     An option the labeler does not take is refused with a message naming labeler and option."""
     factory = _factory(name)
     options = dict(options or {})
-    accepted = labeler_options(name)
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(factory).parameters.values())
+    parameters, takes_any = _option_parameters(factory)
+    accepted = [p.name for p in parameters]
     unknown = [] if takes_any else sorted(set(options) - set(accepted))
     if unknown:
         takes = f"it takes: {', '.join(accepted)}" if accepted else "it takes no options"
@@ -88,11 +111,7 @@ def make_labeler(name: str, options: Mapping[str, Any] | None = None) -> Labeler
             f"label.options.{name}: unknown option{'s' if len(unknown) > 1 else ''} "
             f"{', '.join(map(repr, unknown))} for labeler {name!r}; {takes}"
         )
-    required = [
-        p.name
-        for p in inspect.signature(factory).parameters.values()
-        if p.default is p.empty and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
+    required = [p.name for p in parameters if p.default is p.empty]
     missing = [r for r in required if r not in options]
     if missing:
         raise LabelerError(

@@ -52,18 +52,13 @@ class HfBoxesLabeler(HfLabeler):
         model: str,
         mapping: str | dict | None = None,
         threshold: float = 0.5,
-        device: str = "auto",
-        batch_size: int = 16,
-        bf16: bool = True,
-        revision: str | None = None,
-        cache_dir: str | None = None,
-        allow_download: bool = False,
+        **shared: Any,
     ):
         if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
             raise LabelerError(f"{self.name}: option threshold must be a number in [0, 1], got {threshold!r}")
         self.threshold = float(threshold)
         require_mapping(self.name, mapping)
-        super().__init__(model, device, batch_size, bf16, revision, cache_dir, allow_download)
+        super().__init__(model, **shared)  # device, batch_size, bf16, revision, cache_dir, allow_download
         if not hasattr(self.processor, "post_process_object_detection"):
             raise LabelerError(
                 f"{self.name}: the image processor of {model!r} ({type(self.processor).__name__}) "

@@ -30,16 +30,11 @@ class HfCaptionLabeler(HfLabeler):
         model: str,
         max_new_tokens: int = 30,
         use_source_caption: bool = True,
-        device: str = "auto",
-        batch_size: int = 16,
-        bf16: bool = True,
-        revision: str | None = None,
-        cache_dir: str | None = None,
-        allow_download: bool = False,
+        **shared: Any,
     ):
         self.max_new_tokens = check_positive_int(self.name, "max_new_tokens", max_new_tokens)
         self.use_source_caption = bool(use_source_caption)
-        super().__init__(model, device, batch_size, bf16, revision, cache_dir, allow_download)
+        super().__init__(model, **shared)  # device, batch_size, bf16, revision, cache_dir, allow_download
         self.tokenizer = self._from_pretrained(self._transformers().AutoTokenizer)
 
     def _load_model(self) -> Any:

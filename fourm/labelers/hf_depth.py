@@ -69,6 +69,7 @@ class HfDepthLabeler(HfLabeler):
     version = "1"
     produces = ("depth", "normal")
     auto_class = "AutoModelForDepthEstimation"
+    default_bf16 = False  # see the module docstring: bf16 depth makes stair-stepped normals
 
     def __init__(
         self,
@@ -78,12 +79,7 @@ class HfDepthLabeler(HfLabeler):
         disparity_floor: float = 1e-3,
         min_depth: float = 1e-3,
         fov_degrees: float = 45.0,
-        device: str = "auto",
-        batch_size: int = 16,
-        bf16: bool = False,
-        revision: str | None = None,
-        cache_dir: str | None = None,
-        allow_download: bool = False,
+        **shared: Any,
     ):
         if output not in OUTPUTS:
             raise LabelerError(
@@ -93,7 +89,7 @@ class HfDepthLabeler(HfLabeler):
         self.disparity_floor = _positive(self.name, "disparity_floor", disparity_floor, below=1)
         self.min_depth = _positive(self.name, "min_depth", min_depth)
         self.fov_degrees = _positive(self.name, "fov_degrees", fov_degrees, below=180)
-        super().__init__(model, device, batch_size, bf16, revision, cache_dir, allow_download)
+        super().__init__(model, **shared)  # device, batch_size, bf16, revision, cache_dir, allow_download
         self.output = output if output != "auto" else self._output_of(self.model.config)
 
     @staticmethod

@@ -153,27 +153,31 @@ class HfLabeler(ABC):
     """Loading, options and provenance common to the transformers-backed labelers.
 
     Subclasses set ``name``, ``version``, ``produces``, ``auto_class`` (a transformers
-    Auto class name), and implement ``_label_chunk``."""
+    Auto class name), and implement ``_label_chunk``. Their constructors take their own
+    options and pass ``**shared`` on: the options below, which ``make_labeler`` checks
+    against this signature (``labeler_options`` follows ``**kwargs`` up the class chain)."""
 
     name = "hf"
     version = "1"
     produces: tuple[str, ...] = ()
     auto_class = ""
+    default_bf16 = True
 
     def __init__(
         self,
         model: str,
         device: str = "auto",
         batch_size: int = 16,
-        bf16: bool = True,
+        bf16: bool | None = None,
         revision: str | None = None,
         cache_dir: str | None = None,
         allow_download: bool = False,
     ):
+        """``bf16``: autocast on CUDA; None takes the labeler's ``default_bf16``."""
         self.model_id = model
         self.revision = revision
         self.batch_size = check_positive_int(self.name, "batch_size", batch_size)
-        self.bf16 = bool(bf16)
+        self.bf16 = self.default_bf16 if bf16 is None else bool(bf16)
         self.device = pick_device(self.name, device)
         self.path = resolve_model(self.name, model, revision, cache_dir, allow_download)
         self.weights_sha256, self.weight_files = weights_digest(self.name, self.path)

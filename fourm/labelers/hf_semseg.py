@@ -27,15 +27,10 @@ class HfSemsegLabeler(HfLabeler):
         self,
         model: str,
         mapping: str | dict | None = None,
-        device: str = "auto",
-        batch_size: int = 16,
-        bf16: bool = True,
-        revision: str | None = None,
-        cache_dir: str | None = None,
-        allow_download: bool = False,
+        **shared: Any,
     ):
         require_mapping(self.name, mapping)
-        super().__init__(model, device, batch_size, bf16, revision, cache_dir, allow_download)
+        super().__init__(model, **shared)  # device, batch_size, bf16, revision, cache_dir, allow_download
         id2label = self.model.config.id2label
         self.mapping, self.mapping_provenance = load_class_mapping(self.name, mapping, id2label)
         import torch

@@ -5,12 +5,17 @@ plain entities before they leave it. Promotions lock the model's row
 (``SELECT … FOR UPDATE`` on PostgreSQL; SQLite transactions are ``BEGIN
 IMMEDIATE``), so concurrent promotions serialise and at most one version of a
 model is in production at any time.
+
+A committed stage change (promote, rollback, archive) is then handed to
+``stage_change_hooks``: by default ``fourm.events.emit_model_event``, which tells
+Prefect when it is configured. Hooks run after the commit and cannot undo it.
 """
 
 from __future__ import annotations
 
 import getpass
-from collections.abc import Iterator, Sequence
+import logging
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -18,6 +23,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from fourm.events import emit_model_event
 from fourm.params import RegistryParams
 from fourm.registry import convert
 from fourm.registry import lineage as lineage_walk
@@ -42,6 +48,9 @@ from fourm.registry.refs import ModelRef, check_alias, parse_ref
 
 RUN_STATUSES = ("running", "succeeded", "failed")
 T = TypeVar("T")
+StageChangeHook = Callable[[PromotionInfo, ArtifactInfo], object]
+_STAGE_CHANGES = "fourm.stage_changes"  # Session.info key: changes to announce after commit
+logger = logging.getLogger(__name__)
 
 
 def _get(s: Session, table: type[T], ident: int, what: str) -> T:
@@ -81,11 +90,25 @@ class Registry:
             raise
         self.gates = gates or RegistryParams()
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # called with (promotion, checkpoint artifact) after each committed stage change
+        self.stage_change_hooks: list[StageChangeHook] = [emit_model_event]
 
     @contextmanager
     def _tx(self) -> Iterator[Session]:
         with self._sessions.begin() as session:
             yield session
+        # committed (an error rolls back and never gets here): announce its stage changes
+        for info, checkpoint in session.info.pop(_STAGE_CHANGES, ()):
+            self._announce(info, checkpoint)
+
+    def _announce(self, info: PromotionInfo, checkpoint: ArtifactInfo) -> None:
+        for hook in self.stage_change_hooks:
+            try:
+                hook(info, checkpoint)
+            except Exception as err:  # the change is committed; a listener cannot undo it
+                logger.warning(
+                    "stage-change hook %r failed for %s:%s: %s", hook, info.model, info.version, err
+                )
 
     def close(self) -> None:
         self.engine.dispose()
@@ -492,7 +515,10 @@ class Registry:
         mv.stage = to_stage
         s.add(event)
         s.flush()
-        return convert.promotion(s, event)
+        info = convert.promotion(s, event)
+        checkpoint = convert.artifact(self._artifact(s, mv.checkpoint_artifact_id))
+        s.info.setdefault(_STAGE_CHANGES, []).append((info, checkpoint))
+        return info
 
     @staticmethod
     def _maybe(s: Session, mv: ModelVersion | None) -> VersionInfo | None:

@@ -8,7 +8,11 @@ into dataset values:
 - depth: float z-depth (H, W) -> log-depth standardised with train-split
   statistics; loss L1 on that scale;
 - normal: unit vectors (H, W, 3); loss L1 + angular (1 - cos); outputs renormalised;
-- semseg: class ids (H, W) -> one-hot in, per-class logits out; loss cross-entropy.
+- semseg: class ids (H, W) -> one-hot in, per-class logits out; loss cross-entropy;
+- edges: 0/1 (H, W) -> one channel; loss binary cross-entropy on logits; out: logit > 0;
+- clip: float feature maps (G, G, D) -> standardised per channel with train-split
+  statistics (D, the channel count, is the labeler model's width: set by the data);
+  loss MSE + (1 - cosine similarity) over channels, as 4M tokenizes CLIP features.
 
 ``ImageTokenizer`` implements the ``Tokenizer`` protocol and is saved as a
 directory: ``tokenizer.json`` (modality, vocabulary, grid, model config,
@@ -145,11 +149,69 @@ class SemsegCodec(ImageCodec):
         return out.argmax(dim=1).to(torch.uint8).numpy()
 
 
+class EdgesCodec(ImageCodec):
+    in_channels = out_channels = 1
+
+    def to_input(self, values: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(values)).float().clamp(0, 1).unsqueeze(1)
+
+    def loss(self, out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        bce = F.binary_cross_entropy_with_logits(out.float(), target)
+        return bce, {"bce": float(bce.detach())}
+
+    def from_output(self, out: torch.Tensor) -> np.ndarray:
+        return (out.float().squeeze(1) > 0).to(torch.uint8).numpy()
+
+
+class FeatureMapCodec(ImageCodec):
+    """Continuous feature maps of any width D; D and per-channel mean/std come from the data."""
+
+    def __init__(self, stats: dict[str, Any] | None = None):
+        super().__init__(stats)
+        self.in_channels = self.out_channels = int(self.stats.get("channels", 0))
+
+    def fit(self, values: np.ndarray) -> dict[str, Any]:
+        if values.ndim != 4:
+            raise TokenizerError(f"feature maps must be (N, H, W, D), got shape {values.shape}")
+        flat = values.reshape(-1, values.shape[-1]).astype(np.float64)
+        std = flat.std(axis=0)
+        self.in_channels = self.out_channels = int(values.shape[-1])
+        return {
+            "channels": self.in_channels,
+            "mean": [round(float(v), 7) for v in flat.mean(axis=0)],
+            "std": [round(float(v), 7) if v > 1e-8 else 1.0 for v in std],
+        }
+
+    def _moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = torch.tensor(self.stats["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+        return mean, torch.tensor(self.stats["std"], dtype=torch.float32).view(1, -1, 1, 1)
+
+    def to_input(self, values: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(values)).float().permute(0, 3, 1, 2)
+        if x.shape[1] != self.in_channels:
+            raise TokenizerError(
+                f"feature maps have {x.shape[1]} channels; this tokenizer was trained on {self.in_channels}"
+            )
+        mean, std = self._moments()
+        return (x - mean) / std
+
+    def loss(self, out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        mse = F.mse_loss(out.float(), target)
+        cosine = (1 - F.cosine_similarity(out.float(), target, dim=1)).mean()
+        return mse + cosine, {"mse": float(mse.detach()), "cosine": float(cosine.detach())}
+
+    def from_output(self, out: torch.Tensor) -> np.ndarray:
+        mean, std = self._moments()
+        return (out.float() * std + mean).permute(0, 2, 3, 1).numpy().astype(np.float32)
+
+
 CODECS: dict[str, type[ImageCodec]] = {
     "rgb": RGBCodec,
     "depth": DepthCodec,
     "normal": NormalCodec,
     "semseg": SemsegCodec,
+    "edges": EdgesCodec,
+    "clip": FeatureMapCodec,
 }
 
 

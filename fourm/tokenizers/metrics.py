@@ -10,7 +10,13 @@ import math
 
 import numpy as np
 import torch
-from torchmetrics.functional.classification import multiclass_accuracy, multiclass_jaccard_index
+from torchmetrics.functional.classification import (
+    binary_f1_score,
+    binary_precision,
+    binary_recall,
+    multiclass_accuracy,
+    multiclass_jaccard_index,
+)
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 
@@ -55,6 +61,29 @@ def semseg_metrics(target: np.ndarray, pred: np.ndarray, num_classes: int) -> di
     return {
         "miou": float(multiclass_jaccard_index(p, t, num_classes=num_classes, average="macro")),
         "pixel_accuracy": float(multiclass_accuracy(p, t, num_classes=num_classes, average="micro")),
+    }
+
+
+def edge_metrics(target: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """Precision, recall and F1 of edge pixels, and pixel accuracy, of 0/1 maps (B, H, W)."""
+    t = torch.from_numpy(target.astype(np.int64)).flatten()
+    p = torch.from_numpy(pred.astype(np.int64)).flatten()
+    return {
+        "edge_precision": float(binary_precision(p, t)),
+        "edge_recall": float(binary_recall(p, t)),
+        "edge_f1": float(binary_f1_score(p, t)),
+        "pixel_accuracy": float((p == t).float().mean()),
+    }
+
+
+def feature_metrics(target: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """Mean cosine similarity of feature vectors (B, H, W, D) and MSE relative to their variance."""
+    t = torch.from_numpy(target.reshape(-1, target.shape[-1]).astype(np.float32))
+    p = torch.from_numpy(pred.reshape(-1, pred.shape[-1]).astype(np.float32))
+    variance = float(((t - t.mean(dim=0)) ** 2).mean()) or 1.0
+    return {
+        "cosine": float(torch.nn.functional.cosine_similarity(p, t, dim=1).mean()),
+        "relative_mse": float(((p - t) ** 2).mean()) / variance,
     }
 
 

@@ -7,7 +7,13 @@ import io
 import numpy as np
 from PIL import Image
 
-from fourm.data.preview import colorize_depth, colorize_normals, colorize_semseg
+from fourm.data.preview import (
+    colorize_depth,
+    colorize_edges,
+    colorize_features,
+    colorize_normals,
+    colorize_semseg,
+)
 
 
 def _viewable(name: str, values: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -21,6 +27,10 @@ def _viewable(name: str, values: np.ndarray, reference: np.ndarray) -> np.ndarra
         return colorize_normals(values)
     if name == "semseg":
         return colorize_semseg(values)
+    if name == "edges":
+        return colorize_edges(values)
+    if name == "clip":
+        return colorize_features(values, reference)
     raise ValueError(f"no preview for modality {name!r}")
 
 

@@ -102,7 +102,7 @@ def run_train_tokenizer(
             modality,
             vq_params,
             values,
-            resolution,
+            values.shape[1],  # the values' own side: feature maps (clip) are smaller than images
             checkpoint_dir=checkpoint_dir,
             tracker=tracker,
             on_step=lambda _step: next(bar, None),
@@ -145,6 +145,10 @@ def _image_metrics(name: str, target: np.ndarray, recon: np.ndarray) -> dict[str
         return metrics.normal_metrics(target, recon)
     if name == "semseg":
         return metrics.semseg_metrics(target, recon, get_modality("semseg").channels)
+    if name == "edges":
+        return metrics.edge_metrics(target, recon)
+    if name == "clip":
+        return metrics.feature_metrics(target, recon)
     raise TokenizerError(f"no reconstruction metrics for {name!r}")
 
 

@@ -21,7 +21,7 @@ from fourm.io import atomic_write_bytes
 from fourm.modalities import Modality
 from fourm.params import VQVAEParams
 from fourm.tokenizers.base import TokenizerError
-from fourm.tokenizers.image import ImageTokenizer, codec_for
+from fourm.tokenizers.image import ImageCodec, ImageTokenizer, codec_for
 from fourm.tokenizers.vqvae import VQVAE, VQVAEConfig
 from fourm.tracking import Tracker
 
@@ -35,14 +35,21 @@ class TrainResult:
     resumed_from: int | None
 
 
-def model_config(modality: Modality, params: VQVAEParams, resolution: int) -> VQVAEConfig:
-    """The VQ-VAE for ``modality`` at ``resolution``; the token grid must match the registry."""
+def model_config(
+    modality: Modality, params: VQVAEParams, resolution: int, codec: ImageCodec | None = None
+) -> VQVAEConfig:
+    """The VQ-VAE for ``modality`` at ``resolution``; the token grid must match the registry.
+
+    ``codec``: the fitted codec, for modalities whose channel count the data sets (clip)."""
     if resolution % params.downsample or resolution // params.downsample != modality.grid_size:
         raise TokenizerError(
-            f"params.yaml: tokenizers.vqvae.downsample: {resolution}px / {params.downsample} does not "
+            f"params.yaml: tokenizers.vqvae.downsample (or tokenizers.overrides.{modality.name}.downsample): "
+            f"{resolution}px / {params.downsample} does not "
             f"give the {modality.grid_size}x{modality.grid_size} token grid of modality {modality.name!r}"
         )
-    codec = codec_for(modality.name)
+    codec = codec or codec_for(modality.name)
+    if codec.in_channels <= 0:
+        raise TokenizerError(f"modality {modality.name!r}: the channel count comes from the data; fit first")
     vocab = math.prod(params.fsq_levels) if params.quantizer == "fsq" else modality.vocab_size
     return VQVAEConfig(
         in_channels=codec.in_channels,
@@ -108,9 +115,9 @@ def train_vqvae(
     ``bf16`` overrides ``params.bf16`` (callers pass what the hardware supports, see ``fourm.precision``).
     """
     torch.manual_seed(params.seed)
-    cfg = model_config(modality, params, resolution)
     codec = codec_for(modality.name)
     codec.stats = codec.fit(train_values)
+    cfg = model_config(modality, params, resolution, codec)
     inputs = codec.to_input(train_values)
     targets = codec.target(train_values)
     model = VQVAE(cfg).to(device)

@@ -70,9 +70,69 @@ def raw_rules(params: ValidateParams, resolution: int) -> list[Rule]:
     ]
 
 
-def label_rules(params: ValidateParams, resolution: int) -> list[Rule]:
+def label_rules(
+    params: ValidateParams, resolution: int, members: tuple[str, ...] = (), clip_shape: str | None = None
+) -> list[Rule]:
+    """The labeled suite; ``members`` adds the rules of the optional label members the set holds
+    (edges, clip, caption), ``clip_shape`` the feature-map shape every sample must share."""
     size = f"{resolution}x{resolution}"
     n_classes = len(CLASSES)
+    return _core_label_rules(params, size, n_classes) + _optional_label_rules(
+        params, size, members, clip_shape
+    )
+
+
+def _optional_label_rules(
+    params: ValidateParams, size: str, members: tuple[str, ...], clip_shape: str | None
+) -> list[Rule]:
+    rules = []
+    if "edges" in members:
+        rules += [
+            Rule("edges_size", f"edges are {size}", "edges_size", "in_set", (size,)),
+            Rule(
+                "edges_binary",
+                "edge maps hold only 0 and 1",
+                "edges_nonbinary",
+                "between",
+                min_value=0,
+                max_value=0,
+            ),
+        ]
+    if "clip" in members:
+        rules += [
+            Rule(
+                "clip_shape",
+                f"every CLIP feature map is grid x grid x D = {clip_shape}",
+                "clip_shape",
+                "in_set",
+                (clip_shape,),
+            ),
+            Rule(
+                "clip_finite",
+                "CLIP features are finite",
+                "clip_nonfinite",
+                "between",
+                min_value=0,
+                max_value=0,
+            ),
+        ]
+    if "caption" in members:
+        # a source may lack captions (caption_min_chars 0 for the raw suite); a captioner may not
+        least = max(1, params.caption_min_chars)
+        rules.append(
+            Rule(
+                "label_caption_length",
+                f"the labeled caption has {least}..{params.caption_max_chars} characters",
+                "label_caption_chars",
+                "between",
+                min_value=least,
+                max_value=params.caption_max_chars,
+            )
+        )
+    return rules
+
+
+def _core_label_rules(params: ValidateParams, size: str, n_classes: int) -> list[Rule]:
     return _common("labeled") + [
         Rule("id_in_source", "the id is an accepted raw sample", "in_source", "in_set", (True,)),
         Rule(

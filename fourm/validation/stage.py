@@ -10,7 +10,7 @@ go to a separate ``docs_dir``. Above ``max_bad_fraction`` the stage writes nothi
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -96,6 +96,12 @@ def _quarantine(rows: list[dict[str, Any]], results: list[RuleResult]) -> list[d
     return [{"id": i, "shard": shard_of.get(i), "rules": rules} for i, rules in sorted(broken.items())]
 
 
+def _common_clip_shape(rows_stats: list[dict[str, Any]]) -> str | None:
+    """The CLIP feature-map shape most samples have: the one every sample must have."""
+    shapes = Counter(r["clip_shape"] for r in rows_stats if r.get("clip_shape"))
+    return shapes.most_common(1)[0][0] if shapes else None
+
+
 def run_validate(
     suite: Suite,
     params: ValidateParams,
@@ -121,8 +127,9 @@ def run_validate(
         if source_manifest is None:
             raise ValueError("the labeled suite needs the accepted raw manifest (source_manifest)")
         source_ids = {r["id"] for r in read_manifest_rows(source_manifest)}
-        rules = label_rules(params, resolution)
-        rows_stats = sample_stats.label_stats(ds, source_ids, resolution)
+        members = tuple(m for m in sample_stats.OPTIONAL_LABEL_MEMBERS if m in ds.card.get("modalities", []))
+        rows_stats = sample_stats.label_stats(ds, source_ids, resolution, members)
+        rules = label_rules(params, resolution, members, _common_clip_shape(rows_stats))
 
     rows = ds.rows
     with atomic_output_dir(out_dir) as scratch:

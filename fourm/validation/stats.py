@@ -94,8 +94,11 @@ def _box_defects(boxes: Any, resolution: int) -> tuple[int, int, int]:
     return outside, inverted, unknown
 
 
-def label_stats(ds: Dataset, source_ids: set[str], resolution: int) -> list[dict[str, Any]]:
-    """Statistics of a label dataset; ``source_ids`` are the accepted raw sample ids."""
+def label_stats(
+    ds: Dataset, source_ids: set[str], resolution: int, members: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
+    """Statistics of a label dataset; ``source_ids`` are the accepted raw sample ids, ``members``
+    the optional label members (edges, clip, caption) it holds."""
     records, sha_ok = _records_by_position(ds)
     out = []
     for row in track(ds.rows, len(ds.rows), "inspect label samples"):
@@ -112,6 +115,9 @@ def label_stats(ds: Dataset, source_ids: set[str], resolution: int) -> list[dict
             boxes_inverted=None,
             boxes_unknown_class=None,
         )
+        for member in OPTIONAL_LABEL_MEMBERS:
+            if member in members:
+                stats.update(dict.fromkeys(OPTIONAL_LABEL_COLUMNS[member]))
         if rec is not None:
             try:
                 depth = codecs.decode("depth", rec.members["depth"]).astype(np.float64)
@@ -138,5 +144,40 @@ def label_stats(ds: Dataset, source_ids: set[str], resolution: int) -> list[dict
                 stats["boxes_inverted"],
                 stats["boxes_unknown_class"],
             ) = _box_defects(boxes, resolution)
+            stats.update(_optional_label_stats(rec.members, members))
         out.append(stats)
     return out
+
+
+OPTIONAL_LABEL_MEMBERS = ("edges", "clip", "caption")
+OPTIONAL_LABEL_COLUMNS = {
+    "edges": ("edges_size", "edges_nonbinary"),
+    "clip": ("clip_shape", "clip_nonfinite"),
+    "caption": ("label_caption_chars",),
+}
+
+
+def _optional_label_stats(encoded: dict[str, bytes], members: tuple[str, ...]) -> dict[str, Any]:
+    """Columns of the optional label members; an undecodable one marks ``labels_decodable`` False."""
+    stats: dict[str, Any] = {}
+    try:
+        if "edges" in members:
+            edges = codecs.decode("edges", encoded["edges"])
+            stats["edges_size"] = (
+                "x".join(str(s) for s in reversed(edges.shape[:2])) if edges.ndim == 2 else "not 2-D"
+            )
+            stats["edges_nonbinary"] = int(((edges != 0) & (edges != 1)).sum())
+        if "clip" in members:
+            clip = codecs.decode("clip", encoded["clip"])
+            stats["clip_shape"] = clip_shape_of(clip)
+            stats["clip_nonfinite"] = int((~np.isfinite(clip)).sum()) if clip.dtype.kind == "f" else clip.size
+        if "caption" in members:
+            stats["label_caption_chars"] = len(codecs.decode("caption", encoded["caption"]).strip())
+    except (KeyError, codecs.DecodeError):
+        stats["labels_decodable"] = False
+    return stats
+
+
+def clip_shape_of(features: np.ndarray) -> str:
+    """``GxGxD`` of a feature map (any other shape is reported as is, and fails the rule)."""
+    return "x".join(str(s) for s in features.shape)

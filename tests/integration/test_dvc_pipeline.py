@@ -23,7 +23,7 @@ STAGE_OUTPUTS = [
     "models/pretrain",
 ]
 STAGES = (
-    "generate",
+    "source",
     "validate",
     "label",
     "validate-labels",
@@ -72,7 +72,8 @@ def test_repro_push_delete_pull_restores_identical_bytes(s3_settings: Settings, 
     assert (ws / "reports" / "validate_raw_docs" / "index.html").exists()  # Data Docs: a view, not an output
     assert (ws / "reports" / "label_samples.png").read_bytes()[:4] == b"\x89PNG"
     for modality in ("rgb", "depth", "normal", "semseg"):
-        assert (ws / "reports" / "tokenizers" / f"recon_{modality}.png").read_bytes()[:4] == b"\x89PNG"
+        recon = ws / "reports" / "tokenizers" / "recon" / f"recon_{modality}.png"
+        assert recon.read_bytes()[:4] == b"\x89PNG"
         assert "step,loss" in (ws / "reports" / "tokenizers" / f"{modality}_loss.csv").read_text()
     assert "caption_exact" in metrics and "psnr" in metrics
     assert "reports/pretrain/metrics.json" in metrics and "val_loss" in metrics
@@ -95,7 +96,7 @@ def test_params_change_reruns_only_downstream(s3_settings: Settings, tmp_path: P
     params = (ws / "params.yaml").read_text().replace("batch_size: 64", "batch_size: 5")
     (ws / "params.yaml").write_text(params)
     second = run(["dvc", "repro"], ws, env)
-    assert "Running stage 'generate'" not in second.stdout
+    assert "Running stage 'source'" not in second.stdout
     assert "Running stage 'label'" in second.stdout
     # labels are the same bytes whatever the batch size, so validation is restored from cache
     assert "Running stage 'validate-labels'" not in second.stdout
@@ -112,7 +113,7 @@ def _check_registry_records(url: str, ws: Path) -> None:
     head = run(["git", "rev-parse", "HEAD"], ws, {**__import__("os").environ}).stdout.strip()
     for r in runs.values():
         assert r.status == "succeeded" and r.git_commit == head and len(r.params_sha256) == 64
-    _, outputs = reg.run_io(runs["generate"].id)
+    _, outputs = reg.run_io(runs["source"].id)
     assert outputs[0].kind == "dataset"
     assert outputs[0].sha256 == sha256_file(ws / "data" / "raw" / "dataset.json")
     # validated labels trace back to the raw dataset through the label run

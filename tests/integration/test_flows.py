@@ -79,7 +79,7 @@ def test_pipeline_flow_runs_stages_and_publishes_validation(
     assert {r["rule"] for r in rules} >= {"id_unique", "rgb_decodable", "caption_length"}
     assert all(r["failed"] == 0 and r["checked"] == 24 for r in rules)
     assert json.loads(artifacts["validate-labels-rules"].data)[0]["checked"] == 24
-    assert "validate-labels-summary" in artifacts and "generate-report" in artifacts
+    assert "validate-labels-summary" in artifacts and "source-report" in artifacts
     assert "data:image/png;base64,iVBOR" in artifacts["label-label-samples"].data  # the labeled-sample grid
     # tokenizer results: a metrics table and a reconstruction grid per image modality
     table = {r["tokenizer"]: r for r in json.loads(artifacts["eval-tokenizers-metrics"].data)}
@@ -107,7 +107,7 @@ def test_pipeline_flow_runs_stages_and_publishes_validation(
     assert "| task | metric | model | baseline | better |" in artifacts["evaluate-report"].data
     assert "data:image/png;base64,iVBOR" in artifacts["evaluate-gallery"].data
     # each stage's own output is streamed into the run log
-    assert any("Running stage 'generate'" in m for m in logs)
+    assert any("Running stage 'source'" in m for m in logs)
     assert any("labeled validation of data/labels: 24/24" in m for m in logs)
     assert any("pushed" in m for m in logs)
     # the registry knows which flow run made each stage run, and its dvc.lock entry
@@ -116,7 +116,7 @@ def test_pipeline_flow_runs_stages_and_publishes_validation(
     reg = Registry(os.environ["FOURM_REGISTRY_URL"])
     runs = reg.runs()
     assert {r.stage for r in runs} == {
-        "generate",
+        "source",
         "validate",
         "label",
         "validate-labels",
@@ -177,6 +177,29 @@ def test_stage_flow_with_typed_params(prefect_server: None, tmp_path: Path) -> N
     # the flow's parameter schema is the params model, so the UI form shows its fields
     schema = generate_flow.parameters.model_dump()["definitions"]
     assert set(GenerateParams.model_fields) <= set(schema["GenerateParams"]["properties"])
+
+
+def test_ingest_flow_publishes_the_quarantine(
+    prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.stages import ingest_flow
+    from tests.photos import write_photo_folder
+
+    monkeypatch.setenv("FOURM_REGISTRY_URL", f"sqlite:///{tmp_path / 'registry.db'}")
+    photos = write_photo_folder(tmp_path / "photos", per_photo=2)
+    state = ingest_flow(
+        source=str(tmp_path / "photos"), params={"samples_per_shard": 4}, out_dir=str(tmp_path / "raw"),
+        return_state=True,
+    )  # fmt: skip
+    assert state.is_completed(), state.message
+    assert state.result()["num_ingested"] == len(photos)
+    artifacts, _ = _artifacts_and_logs(state.state_details.flow_run_id)
+    rows = json.loads(artifacts["ingest-quarantine"].data)
+    assert sorted(r["rules"] for r in rows) == ["empty_file", "not_image"]
+    assert all(r["source"].startswith("bad/") and r["reason"] for r in rows)
+    missing = ingest_flow(source=str(tmp_path / "nowhere"), out_dir=str(tmp_path / "x"), return_state=True)
+    assert missing.is_failed() and "nowhere" in str(missing.message)
+    assert not (tmp_path / "x").exists()
 
 
 def test_pretrain_flow_with_typed_params_publishes_validation_and_curves(

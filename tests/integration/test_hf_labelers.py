@@ -1,9 +1,10 @@
 """Model-backed labelers (fourm/labelers/hf_*.py) on tiny, randomly initialised transformers models.
 
-Each model is built from a small config and saved with its image processor, so the
-real offline loading path (``from_pretrained(dir, local_files_only=True)``), batching
-and post-processing run; the label stage then labels a generated raw set with them
-and the labeled validation suite accepts the result.
+Each model is built from a small config (fourm/labelers/tiny_models.py) and saved with
+its image processor, so the real offline loading path
+(``from_pretrained(dir, local_files_only=True)``), batching and post-processing run;
+the label stage then labels a generated raw set with them and the labeled validation
+suite accepts the result.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from fourm.data.generate import run_generate
 from fourm.data.preview import sample_grid
 from fourm.data.scene import CLASSES
 from fourm.io import sha256_file
+from fourm.labelers import tiny_models
 from fourm.labelers.base import LabelerError, RawSample, make_labeler
 from fourm.labelers.hf_boxes import clip_boxes
 from fourm.labelers.hf_depth import HfDepthLabeler, depth_from_prediction
@@ -38,72 +40,31 @@ pytestmark = pytest.mark.integration
 RES = 64
 
 
-def _depth_model(root: Path) -> Path:
-    backbone = tf.Dinov2Config(
-        image_size=56, patch_size=14, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-        intermediate_size=64, out_features=["stage1", "stage2", "stage3", "stage4"],
-        reshape_hidden_states=False,
-    )  # fmt: skip
-    config = tf.DepthAnythingConfig(
-        backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[16, 16, 16, 16],
-        fusion_hidden_size=16, head_hidden_size=16, patch_size=14,
-    )  # fmt: skip
-    model = tf.DepthAnythingForDepthEstimation(config)
-    with torch.no_grad():  # a positive disparity everywhere, so depth is not the floor case only
-        model.head.conv3.bias.fill_(1.0)
-    model.save_pretrained(root)
-    tf.DPTImageProcessor(size={"height": 56, "width": 56}, keep_aspect_ratio=False).save_pretrained(root)
-    return root
-
-
-LABELS = {0: "background", 1: "ball", 2: "box", 3: "can"}
-
-
-def _semseg_model(root: Path) -> Path:
-    config = tf.SegformerConfig(
-        num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16], patch_sizes=[7, 3],
-        strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2], decoder_hidden_size=16,
-        num_labels=len(LABELS), id2label=LABELS, label2id={v: k for k, v in LABELS.items()},
-    )  # fmt: skip
-    tf.SegformerForSemanticSegmentation(config).save_pretrained(root)
-    tf.SegformerImageProcessor(size={"height": RES, "width": RES}).save_pretrained(root)
-    return root
-
-
-def _boxes_model(root: Path) -> Path:
-    config = tf.YolosConfig(
-        image_size=[RES, RES], patch_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, num_detection_tokens=10, num_labels=len(LABELS), id2label=LABELS,
-        label2id={v: k for k, v in LABELS.items()},
-    )  # fmt: skip
-    tf.YolosForObjectDetection(config).save_pretrained(root)
-    tf.YolosImageProcessor(size={"shortest_edge": RES, "longest_edge": RES}).save_pretrained(root)
-    return root
-
-
-def _caption_model(root: Path) -> Path:
-    root.mkdir(parents=True)
-    words = ["a", "the", "red", "blue", "green", "sphere", "cube", "cylinder", "on", "floor", "and"]
-    (root / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    tokenizer = tf.BertTokenizer(str(root / "vocab.txt"))
-    encoder = tf.ViTConfig(
-        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+def _clip_models(root: Path) -> tuple[Path, Path]:
+    """A tiny CLIPVisionModel, and a full CLIPModel whose vision tower has the same weights."""
+    vision = tf.CLIPVisionConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=64,
     )  # fmt: skip
-    decoder = tf.BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=64, is_decoder=True, add_cross_attention=True, max_position_embeddings=64,
+    text = tf.CLIPTextConfig(
+        vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=16, bos_token_id=1, eos_token_id=2, pad_token_id=0,
     )  # fmt: skip
-    config = tf.VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
-    model = tf.VisionEncoderDecoderModel(config)
-    for cfg in (model.config, model.generation_config):
-        cfg.decoder_start_token_id = tokenizer.cls_token_id
-        cfg.pad_token_id = tokenizer.pad_token_id
-        cfg.eos_token_id = tokenizer.sep_token_id
-    model.save_pretrained(root)
-    tokenizer.save_pretrained(root)
-    tf.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(root)
-    return root
+    processor = tf.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    model = tf.CLIPVisionModel(vision)
+    with torch.no_grad():  # random LayerNorm affine, so post-layernorm is not the identity
+        for name, param in model.named_parameters():
+            if "layernorm" in name or "layrnorm" in name:
+                param.normal_(0, 0.5)
+    full = tf.CLIPModel(
+        tf.CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=8)
+    )
+    # transformers < 5 nests the tower under .vision_model in both classes
+    full.vision_model.load_state_dict(getattr(model, "vision_model", model).state_dict())
+    for directory, m in ((root / "clip", model), (root / "clip-full", full)):
+        m.save_pretrained(directory)
+        processor.save_pretrained(directory)
+    return root / "clip", root / "clip-full"
 
 
 @pytest.fixture(scope="module")
@@ -112,11 +73,14 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.manual_seed(0)
     mapping = root / "mapping.yaml"
     mapping.write_text("ball: sphere\nbox: cube\n3: cylinder\n")  # by label name and by id
+    clip, clip_full = _clip_models(root)
     return {
-        "depth": _depth_model(root / "depth"),
-        "semseg": _semseg_model(root / "semseg"),
-        "boxes": _boxes_model(root / "boxes"),
-        "caption": _caption_model(root / "caption"),
+        "depth": tiny_models.depth_model(root / "depth"),
+        "semseg": tiny_models.semseg_model(root / "semseg"),
+        "boxes": tiny_models.boxes_model(root / "boxes"),
+        "caption": tiny_models.caption_model(root / "caption"),
+        "clip": clip,
+        "clip-full": clip_full,
         "mapping": mapping,
     }
 
@@ -149,8 +113,15 @@ def _options(models: dict[str, Path], **extra) -> dict[str, dict]:
 
 def test_label_stage_with_hf_labelers_passes_the_labeled_suite(models, raw: Path, tmp_path: Path):
     params = LabelParams(
-        labelers={"depth": "hf-depth", "normal": "hf-depth", "semseg": "hf-semseg", "boxes": "hf-boxes"},
-        options=_options(models),
+        labelers={
+            "depth": "hf-depth",
+            "normal": "hf-depth",
+            "semseg": "hf-semseg",
+            "boxes": "hf-boxes",
+            "clip": "hf-clip",
+            "edges": "canny",
+        },
+        options={**_options(models), "hf-clip": {"model": str(models["clip"]), "grid": 4}},
         batch_size=5,
     )
     report = run_label(params, raw, raw / "manifest.parquet", tmp_path / "labels")
@@ -166,17 +137,22 @@ def test_label_stage_with_hf_labelers_passes_the_labeled_suite(models, raw: Path
     assert prov["depth"]["depth"]["median_depth"] == 5.0
     assert prov["semseg"]["weights_sha256"] == weights_digest("t", models["semseg"])[0]
     assert prov["boxes"]["mapping"]["classes"] == {"1 ball": "sphere", "2 box": "cube", "3 can": "cylinder"}
+    assert prov["clip"]["clip"]["grid"] == 4 and prov["edges"]["name"] == "canny"
     # where and how fast it ran stays out of the card
     assert "batch_size" not in labels.card["params"]["options"]["hf-depth"]
 
     depths = []
     for entry in labels.shards:
         for rec in iter_shard_bytes(labels.read_shard(entry["name"]), entry["name"]):
-            assert set(rec.members) == {"depth", "normal", "semseg", "boxes"}  # no instance maps
+            assert set(rec.members) == {"depth", "normal", "semseg", "boxes", "clip", "edges"}  # no instance
             depth = codecs.decode("depth", rec.members["depth"])
             normal = codecs.decode("normal", rec.members["normal"])
             semseg = codecs.decode("semseg", rec.members["semseg"])
             boxes = codecs.decode("boxes", rec.members["boxes"])
+            clip = codecs.decode("clip", rec.members["clip"])
+            edges = codecs.decode("edges", rec.members["edges"])
+            assert clip.shape == (4, 4, 32) and clip.dtype == np.float32 and np.isfinite(clip).all()
+            assert edges.shape == (RES, RES) and edges.dtype == np.uint8 and edges.max() <= 1
             assert depth.shape == semseg.shape == (RES, RES) and normal.shape == (RES, RES, 3)
             assert depth.dtype == normal.dtype == np.float32 and semseg.dtype == np.uint8
             assert (depth > 0).all() and np.isfinite(depth).all()
@@ -194,6 +170,8 @@ def test_label_stage_with_hf_labelers_passes_the_labeled_suite(models, raw: Path
         "labeled", ValidateParams(), tmp_path / "labels", tmp_path / "valid", raw / "manifest.parquet"
     )
     assert checked.passed and checked.num_bad == 0, checked.summary()
+    checked_rules = {r.rule for r in checked.rules}
+    assert {"clip_shape", "clip_finite", "edges_size", "edges_binary"} <= checked_rules
 
 
 def test_batch_size_splits_the_batch_and_hf_normal_matches_hf_depth(models, raw: Path):
@@ -252,13 +230,9 @@ def test_caption_keeps_source_captions_and_generates_the_missing(models, raw: Pa
     assert prov["decoding"] == {"method": "greedy", "max_new_tokens": 6}
 
 
-def test_hub_id_loads_from_the_local_cache_without_network(models, tmp_path: Path, monkeypatch):
-    cache = tmp_path / "hub"
-    snapshot = cache / "models--tiny-org--tiny-seg" / "snapshots" / ("0" * 40)
-    shutil.copytree(models["semseg"], snapshot)
-    (snapshot.parents[1] / "refs").mkdir()
-    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
-    attempts = []
+def _forbid_network(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Make every socket connection fail; returns the list the attempts are recorded in."""
+    attempts: list = []
 
     def no_network(*args, **kwargs):
         attempts.append(args)
@@ -266,6 +240,16 @@ def test_hub_id_loads_from_the_local_cache_without_network(models, tmp_path: Pat
 
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(socket.socket, "connect", no_network)
+    return attempts
+
+
+def test_hub_id_loads_from_the_local_cache_without_network(models, tmp_path: Path, monkeypatch):
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--tiny-org--tiny-seg" / "snapshots" / ("0" * 40)
+    shutil.copytree(models["semseg"], snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    attempts = _forbid_network(monkeypatch)
     labeler = make_labeler(
         "hf-semseg",
         {"model": "tiny-org/tiny-seg", "cache_dir": str(cache), "mapping": str(models["mapping"])},
@@ -308,3 +292,45 @@ def test_bad_options_and_mappings_are_clear_errors(models, raw: Path, tmp_path: 
         make_labeler("hf-boxes", {"model": str(models["boxes"]), "mapping": str(tmp_path / "m.json")})
     with pytest.raises(LabelerError, match="not a directory"):
         make_labeler("hf-depth", {"model": str(models["mapping"])})
+
+
+def test_clip_feature_maps(models, raw: Path, tmp_path: Path, monkeypatch):
+    samples = _samples(raw, 5)
+    labeler = make_labeler("hf-clip", {"model": str(models["clip"]), "batch_size": 2})
+    out = labeler(samples)
+    assert all(set(o) == {"clip"} for o in out)
+    maps = [o["clip"] for o in out]
+    for m in maps:
+        assert m.shape == (8, 8, 32) and m.dtype == np.float32
+        assert np.isfinite(m).all()
+        np.testing.assert_array_equal(codecs.decode("clip", codecs.encode("clip", m)), m)
+    assert np.ptp(maps[0]) > 0 and not np.allclose(maps[0], maps[1])  # depends on the image
+    again = make_labeler("hf-clip", {"model": str(models["clip"]), "batch_size": 5})(samples)
+    for a, b in zip(maps, again, strict=True):  # deterministic, whatever the batching
+        np.testing.assert_allclose(a, b["clip"], rtol=1e-5, atol=1e-5)
+
+    # the vision tower of a full CLIPModel checkpoint gives the same features
+    full = make_labeler("hf-clip", {"model": str(models["clip-full"])})
+    for a, b in zip(maps, full(samples), strict=True):
+        np.testing.assert_allclose(a, b["clip"], rtol=1e-5, atol=1e-5)
+
+    small = make_labeler("hf-clip", {"model": str(models["clip"]), "grid": 3})(samples[:1])[0]["clip"]
+    assert small.shape == (3, 3, 32) and small.dtype == np.float32 and np.isfinite(small).all()
+
+    prov = labeler.provenance()
+    assert prov["weights_sha256"] == weights_digest("t", models["clip"])[0]
+    assert prov["model_type"] == "clip_vision_model"
+    assert prov["clip"]["grid"] == 8 and prov["clip"]["post_layernorm"] is True
+    assert prov["clip"]["input_size"] == 64
+    assert full.provenance()["weights_sha256"] == weights_digest("t", models["clip-full"])[0]
+
+    attempts = _forbid_network(monkeypatch)
+    with pytest.raises(LabelerError) as err:
+        make_labeler("hf-clip", {"model": "nobody/no-such-clip", "cache_dir": str(tmp_path / "hub")})
+    assert "huggingface-cli download nobody/no-such-clip --local-dir DIR" in str(err.value)
+    assert "label.options.hf-clip.model" in str(err.value)
+    assert attempts == []
+    with pytest.raises(LabelerError, match=r"hf-clip: option grid must be a positive integer, got 0"):
+        make_labeler("hf-clip", {"model": str(models["clip"]), "grid": 0})
+    with pytest.raises(LabelerError, match=r"'segformer' checkpoint; hf-clip takes a CLIPVisionModel"):
+        make_labeler("hf-clip", {"model": str(models["semseg"])})

@@ -17,6 +17,7 @@ def test_repo_params_yaml_is_valid_and_complete() -> None:
     params = load_params(REPO / "params.yaml")
     # every section is written out explicitly: params.yaml is the one source
     sections = {
+        "source",
         "generate",
         "ingest",
         "label",
@@ -47,6 +48,19 @@ def test_repo_params_yaml_is_valid_and_complete() -> None:
             "min_objects (5) must not exceed max_objects (2)",
         ),
         ({"label": {"labelers": {"colour": "oracle"}}}, "label.labelers.colour"),
+        ({"source": {"kind": "images"}}, "source: Value error, kind images reads images from path"),
+        ({"source": {"kind": "folder", "path": "x"}}, "source.kind: Input should be 'synthetic' or 'images'"),
+        ({"tokenizers": {"image_modalities": ["rgb", "caption"]}}, "'caption' is not tokenized by a VQ-VAE"),
+        ({"tokenizers": {"image_modalities": ["rgb", "sound"]}}, "unknown modality 'sound'"),
+        ({"tokenizers": {"vqvae": {"downsample": 3}}}, "downsample must be a power of two, got 3"),
+        (
+            {"tokenize": {"modalities": ["rgb", "edges", "caption"]}},
+            "tokenize.modalities has ['edges'] but tokenizers.image_modalities does not train it",
+        ),
+        (
+            {"tokenize": {"modalities": ["rgb", "caption"]}},
+            "pretrain.model inputs/targets ['boxes', 'depth', 'normal', 'semseg'] are not in tokenize",
+        ),
         ({"validate": {"max_bad_fraction": 2}}, "validate.max_bad_fraction"),
         ({"pretrian": {}}, "pretrian: unknown key"),
         ({"pretrain": {"model": {"size": "huge"}}}, "pretrain.model.size: Input should be 'debug'"),
