@@ -28,7 +28,8 @@ services-up: setup
 services-down:
 	-fourm services down
 
-# Main job: local S3 server, the DVC pipeline run as a Prefect flow, results pushed.
+# Main job: local S3 and Prefect servers, the DVC pipeline run as a Prefect flow (watch it
+# at http://127.0.0.1:4200: services up starts that server, the flow finds it), results pushed.
 demo: services-up
 	python -m flows.pipeline
 

@@ -205,14 +205,40 @@ def pipeline(workspace: str = ".", push_to_remote: bool = True) -> list[str]:
     return summary
 
 
-def use_configured_prefect_api() -> None:
-    """Point Prefect at ``FOURM_PREFECT_API_URL`` when set (else Prefect's own settings apply)."""
-    api_url = get_settings().prefect_api_url
-    if api_url and "PREFECT_API_URL" not in os.environ:
+def use_configured_prefect_api() -> str | None:
+    """Point Prefect at fourm's Prefect server unless Prefect has an API URL of its own.
+
+    Prefect's own settings (``PREFECT_API_URL``, a profile) win; else
+    ``FOURM_PREFECT_API_URL``; else the local server that ``fourm services up``
+    started, while it runs. Returns the API URL in effect; None means Prefect will
+    start a temporary server of its own for this process (no UI to look at)."""
+    from prefect.context import refresh_global_settings_context
+    from prefect.settings import get_current_settings
+
+    from fourm.services import prefect_api_url
+
+    current = get_current_settings().api.url
+    if current:
+        return current
+    api_url = prefect_api_url(get_settings())
+    if api_url:
         os.environ["PREFECT_API_URL"] = api_url
+        refresh_global_settings_context()  # Prefect read the environment when it was imported
+    return api_url
+
+
+def prefect_ui_url() -> str | None:
+    """The UI of the Prefect API in effect (Prefect derives it from the API URL; Cloud too)."""
+    from prefect.settings import get_current_settings
+
+    return get_current_settings().ui_url
 
 
 if __name__ == "__main__":
-    use_configured_prefect_api()
+    api = use_configured_prefect_api()
+    if api:
+        print(f"Prefect API {api}: watch this run in the UI at {prefect_ui_url()}")
+    else:
+        print("No Prefect server configured (`fourm services up` starts one): using a temporary one")
     lines = pipeline()
     print("\n== fourm pipeline: done ==", *lines, sep="\n")

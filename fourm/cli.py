@@ -19,13 +19,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fourm import cli_generate
+from fourm import cli_generate, cli_serve
 from fourm.params import ParamsError, PretrainParams, load_params
 from fourm.registry.cli import registry_app
 from fourm.settings import get_settings
 
 app = typer.Typer(help="fourm: train 4M-style any-to-any multimodal models.", no_args_is_help=True)
-services_app = typer.Typer(help="Local development services (S3 server).", no_args_is_help=True)
+services_app = typer.Typer(help="Local development services (S3, Prefect server).", no_args_is_help=True)
 data_app = typer.Typer(help="Datasets: generate, ingest, publish, summarise.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks (figures go to docs/benchmarks.md).", no_args_is_help=True)
 app.add_typer(services_app, name="services")
@@ -131,15 +131,35 @@ def settings_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
 
 @services_app.command("up")
 @friendly_errors
-def services_up() -> None:
-    """Start the local S3 server (idempotent), create the buckets, configure DVC's remote."""
+def services_up(
+    prefect: Annotated[
+        bool, typer.Option("--prefect/--no-prefect", help="Also start the local Prefect server (UI).")
+    ] = True,
+) -> None:
+    """Start the local S3 server and Prefect server (idempotent), create the buckets, configure
+    DVC's remote."""
+    import os
+
     from fourm import services
 
-    status = services.up(get_settings())
+    settings = get_settings()
+    status = services.up(settings)
     verb = "started" if status.started else "already running"
     out.print(f"S3 server {verb}: {status.endpoint} (pid {status.pid})")
-    if services.configure_dvc_remote(get_settings(), Path.cwd()):
+    if services.configure_dvc_remote(settings, Path.cwd()):
         out.print("DVC remote credentials written to .dvc/config.local")
+    if prefect:
+        pst = services.prefect_up(settings)
+        line = f"Prefect server {'started' if pst.started else 'already running'} (pid {pst.pid})"
+        out.print(f"{line}: UI {pst.endpoint}", highlight=False, soft_wrap=True)
+        local_api = services.local_prefect_api_url(settings)
+        other = os.environ.get("PREFECT_API_URL") or settings.prefect_api_url
+        if other and other.rstrip("/") != local_api:
+            note = f"note: flows report to {other} (PREFECT_API_URL or FOURM_PREFECT_API_URL) instead"
+            out.print(note, highlight=False, soft_wrap=True)
+        else:
+            out.print("flows and `fourm serve` run here report to it", highlight=False)
+        out.print(f"for the prefect CLI: export PREFECT_API_URL={local_api}", highlight=False, soft_wrap=True)
 
 
 @services_app.command("down")
@@ -150,17 +170,22 @@ def services_down() -> None:
 
     stopped = services.down(get_settings())
     out.print("S3 server stopped" if stopped else "S3 server was not running")
+    stopped = services.prefect_down(get_settings())
+    out.print("Prefect server stopped" if stopped else "Prefect server was not running")
 
 
 @services_app.command("status")
 @friendly_errors
 def services_status() -> None:
-    """Say whether the local S3 server runs and answers."""
+    """Say whether the local S3 server (and the Prefect server, if started) run and answer."""
     from fourm import services
 
     st = services.status(get_settings())
     out.print(f"S3 server: {'healthy' if st.healthy else 'down'} {st.endpoint} pid={st.pid or '-'}")
-    if not st.healthy:
+    pst = services.prefect_status(get_settings())
+    state = "healthy" if pst.healthy else ("down" if pst.pid else "not running")
+    out.print(f"Prefect server: {state} {pst.endpoint} pid={pst.pid or '-'}", highlight=False, soft_wrap=True)
+    if not st.healthy or (pst.pid and not pst.healthy):
         raise typer.Exit(1)
 
 
@@ -536,6 +561,7 @@ def train_cmd(
 
 app.command("generate")(friendly_errors(cli_generate.generate_cmd))
 app.command("evaluate")(friendly_errors(cli_generate.evaluate_cmd))
+app.command("serve")(friendly_errors(cli_serve.serve_cmd))
 
 
 # -- bench ----------------------------------------------------------------------

@@ -13,7 +13,8 @@ The resource is the model version (``fourm.model.<name>.<version>``) labelled wi
 ``fourm.model``, ``fourm.version``, ``fourm.stage`` and ``fourm.from_stage``.
 
 Nothing is sent unless a Prefect API is configured (Prefect's own settings, i.e.
-``PREFECT_API_URL`` or a profile, else ``FOURM_PREFECT_API_URL``); without one no
+``PREFECT_API_URL`` or a profile, else ``FOURM_PREFECT_API_URL``, else the local
+server that ``fourm services up`` started, while it runs); without one no
 server is contacted (Prefect is imported lazily, to read its settings). Sending is
 bounded: one short-lived events client on a daemon thread, waited on for at most
 ``TIMEOUT_S`` seconds, so a slow or dead server can neither fail the (already
@@ -128,7 +129,8 @@ def safe_url(url: str) -> str:
 
 
 def prefect_api_url() -> str | None:
-    """The Prefect API that events go to, or None: Prefect's settings first, then fourm's."""
+    """The Prefect API that events go to, or None: Prefect's settings first, then fourm's
+    (``FOURM_PREFECT_API_URL``, then the running local server of ``fourm services up``)."""
     url: str | None = None
     try:
         from prefect.settings import get_current_settings
@@ -139,9 +141,10 @@ def prefect_api_url() -> str | None:
     if not url:
         url = os.environ.get("PREFECT_API_URL")
     if not url:
+        from fourm.services import prefect_api_url as fourm_prefect_api_url
         from fourm.settings import get_settings
 
-        url = get_settings().prefect_api_url
+        url = fourm_prefect_api_url(get_settings())  # FOURM_PREFECT_API_URL, else `fourm services up`'s
     return url or None
 
 

@@ -524,27 +524,6 @@ class Params(StrictModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
-    def _tokenizers_for_tokens(self) -> Params:
-        from fourm.modalities import get_modality
-
-        missing = [
-            m
-            for m in self.tokenize.modalities
-            if get_modality(m).tokenizer == "vqvae" and m not in self.tokenizers.image_modalities
-        ]
-        if missing:
-            raise ValueError(
-                f"tokenize.modalities has {missing} but tokenizers.image_modalities does not train "
-                f"{'it' if len(missing) == 1 else 'them'}"
-            )
-        unseen = sorted(
-            {*self.pretrain.model.inputs, *self.pretrain.model.targets} - set(self.tokenize.modalities)
-        )
-        if unseen:
-            raise ValueError(f"pretrain.model inputs/targets {unseen} are not in tokenize.modalities")
-        return self
-
-    @model_validator(mode="after")
     def _sentinels_for_masking(self) -> Params:
         used = {*self.pretrain.model.inputs, *self.pretrain.model.targets} & {"caption", "boxes"}
         if used and self.tokenizers.text.num_sentinels < MASKING_SENTINELS:

@@ -1,13 +1,19 @@
-"""Local development services: a real S3 server (SeaweedFS ``weed``) on 127.0.0.1.
+"""Local development services on 127.0.0.1: a real S3 server (SeaweedFS ``weed``)
+and a Prefect server (``prefect server start``, its UI and API).
 
-``up`` is idempotent: a healthy server started earlier is reused; a stale pid
-file (process gone, or the pid reused by another program) is cleared. ``down``
-stops exactly the process that ``up`` started, identified by pid *and* start
-time. Credentials come from settings and are written to a 0600 identities file.
+``up``/``prefect_up`` are idempotent: a healthy server started earlier is reused;
+a stale pid file (process gone, or the pid reused by another program) is cleared.
+``down``/``prefect_down`` stop exactly the process that was started, identified by
+pid *and* start time. S3 credentials come from settings and are written to a 0600
+identities file. The Prefect server keeps its state (``PREFECT_HOME``, its SQLite
+database) under ``<fourm home>/prefect``; flows and ``fourm serve`` find it through
+its pid file (``prefect_api_url``). This module runs the ``prefect`` executable; it
+never imports Prefect.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -24,6 +30,8 @@ import psutil
 from fourm.settings import Settings
 
 _HEALTH_TIMEOUT_S = 60.0
+# `prefect server start` takes ~12 s on a busy 2-core machine (migrations on first start).
+PREFECT_HEALTH_TIMEOUT_S = 120.0
 
 
 class ServiceError(RuntimeError):
@@ -77,7 +85,12 @@ def _read_pidfile(path: Path) -> tuple[int, float] | None:
 
 def _our_process(settings: Settings) -> psutil.Process | None:
     """The weed process recorded in the pid file, if it is still that same process."""
-    record = _read_pidfile(_paths(settings)["pid"])
+    return _recorded_process(_paths(settings)["pid"])
+
+
+def _recorded_process(pidfile: Path) -> psutil.Process | None:
+    """The process a pid file records, if it is still that same process (pid and start time)."""
+    record = _read_pidfile(pidfile)
     if record is None:
         return None
     pid, create_time = record
@@ -241,6 +254,169 @@ def down(settings: Settings) -> bool:
     paths = _paths(settings)
     proc = _our_process(settings)
     _stop(proc)
+    paths["pid"].unlink(missing_ok=True)
+    return proc is not None
+
+
+# -- Prefect server ----------------------------------------------------------------------
+
+
+def _prefect_paths(settings: Settings) -> dict[str, Path]:
+    root = settings.services_dir
+    return {
+        "root": root,
+        "home": settings.home_dir / "prefect",
+        "pid": root / "prefect.pid",
+        "log": root / "prefect.log",
+    }
+
+
+def prefect_ui_url(settings: Settings) -> str:
+    """Where the local Prefect server's UI is (``fourm services up`` starts it)."""
+    return f"http://127.0.0.1:{settings.prefect_port}"
+
+
+def local_prefect_api_url(settings: Settings) -> str:
+    return f"{prefect_ui_url(settings)}/api"
+
+
+def prefect_binary() -> str:
+    """Path of the ``prefect`` executable installed beside this interpreter."""
+    candidates = [Path(sys.executable).parent / "prefect", shutil.which("prefect")]
+    for c in candidates:
+        if c and Path(c).exists():
+            return str(c)
+    raise ServiceError("the 'prefect' executable was not found; install the prefect package")
+
+
+def prefect_healthy(settings: Settings) -> bool:
+    """Whether the local Prefect server answers ``GET /api/health``."""
+    try:
+        with urllib.request.urlopen(f"{local_prefect_api_url(settings)}/health", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def prefect_status(settings: Settings) -> ServiceStatus:
+    proc = _recorded_process(_prefect_paths(settings)["pid"])
+    return ServiceStatus(prefect_ui_url(settings), proc.pid if proc else None, prefect_healthy(settings))
+
+
+def running_prefect_api_url(settings: Settings) -> str | None:
+    """The API URL of the Prefect server ``fourm services up`` started, if that process is alive.
+
+    Cheap (a pid file and a process lookup, no request): callers that only need to
+    know where to send things use it; ``prefect_status`` checks health."""
+    proc = _recorded_process(_prefect_paths(settings)["pid"])
+    return local_prefect_api_url(settings) if proc is not None else None
+
+
+def prefect_api_url(settings: Settings) -> str | None:
+    """The Prefect API fourm points Prefect at when Prefect has none configured:
+    ``FOURM_PREFECT_API_URL``, else the local server of ``fourm services up`` if it runs."""
+    return settings.prefect_api_url or running_prefect_api_url(settings)
+
+
+def _prefect_env(settings: Settings, home: Path) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        # the server's own URL, profile and home: never a developer's other server
+        if k not in {"PREFECT_API_URL", "PREFECT_UI_API_URL", "PREFECT_UI_URL", "PREFECT_PROFILE"}
+    }
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_API_URL=local_prefect_api_url(settings),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+    )
+    return env
+
+
+def _wait_prefect_healthy(settings: Settings, proc: psutil.Process | subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + PREFECT_HEALTH_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if prefect_healthy(settings):
+            return
+        alive = proc.poll() is None if isinstance(proc, subprocess.Popen) else proc.is_running()
+        if not alive:
+            tail = log.read_text(errors="replace").splitlines()[-8:] if log.exists() else []
+            raise ServiceError(f"Prefect server exited during start-up (log {log}):\n  " + "\n  ".join(tail))
+        time.sleep(0.25)
+    raise ServiceError(
+        f"Prefect server at {prefect_ui_url(settings)} not healthy after "
+        f"{PREFECT_HEALTH_TIMEOUT_S:.0f}s (log {log})"
+    )
+
+
+def prefect_up(settings: Settings) -> ServiceStatus:
+    """Start the local Prefect server (UI and API on 127.0.0.1) unless ours already runs."""
+    paths = _prefect_paths(settings)
+    proc = _recorded_process(paths["pid"])
+    if proc is not None:
+        _wait_prefect_healthy(settings, proc, paths["log"])
+        return ServiceStatus(prefect_ui_url(settings), proc.pid, True, False)
+    paths["pid"].unlink(missing_ok=True)  # stale or absent
+    if prefect_healthy(settings):
+        raise ServiceError(
+            f"something else already serves {prefect_ui_url(settings)}; stop it, set FOURM_PREFECT_PORT, "
+            "or run `fourm services up --no-prefect`"
+        )
+    paths["root"].mkdir(parents=True, exist_ok=True)
+    paths["home"].mkdir(parents=True, exist_ok=True)
+    command = [
+        prefect_binary(), "server", "start", "--host", "127.0.0.1", "--port", str(settings.prefect_port),
+    ]  # fmt: skip
+    with open(paths["log"], "ab") as log:
+        popen = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=paths["root"],
+            env=_prefect_env(settings, paths["home"]),
+            start_new_session=True,
+        )
+    try:
+        record = {"pid": popen.pid, "create_time": psutil.Process(popen.pid).create_time()}
+    except psutil.NoSuchProcess:  # exited at once (e.g. its port was taken meanwhile)
+        popen.wait()
+        record = None
+    if record is not None:
+        paths["pid"].write_text(json.dumps(record))
+    try:
+        _wait_prefect_healthy(settings, popen, paths["log"])
+    except ServiceError:
+        _stop_tree(psutil.Process(popen.pid) if popen.poll() is None else None)
+        paths["pid"].unlink(missing_ok=True)
+        raise
+    return ServiceStatus(prefect_ui_url(settings), popen.pid, True, True)
+
+
+def _stop_tree(proc: psutil.Process | None, grace_s: float = 10.0) -> None:
+    """SIGTERM a process and whatever it started; SIGKILL what is left after ``grace_s``."""
+    if proc is None:
+        return
+    try:
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(alive, timeout=10)
+
+
+def prefect_down(settings: Settings) -> bool:
+    """Stop the Prefect server ``prefect_up`` started; returns whether one was running."""
+    paths = _prefect_paths(settings)
+    proc = _recorded_process(paths["pid"])
+    _stop_tree(proc)
     paths["pid"].unlink(missing_ok=True)
     return proc is not None
 

@@ -45,7 +45,12 @@ class Settings(BaseSettings):
     # Ports of the SeaweedFS processes behind the local S3 endpoint (master, volume, filer).
     s3_internal_ports: tuple[int, int, int] = (9333, 8380, 8888)
     registry_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite under home.")
-    prefect_api_url: str | None = None
+    prefect_api_url: str | None = Field(
+        None,
+        description="Prefect API for flows and `fourm serve` when Prefect has none configured; "
+        "default: the local server of `fourm services up` while it runs.",
+    )
+    prefect_port: int = Field(4200, description="Port of the local Prefect server (`fourm services up`).")
     k8s_namespace: str = "fourm"
     k8s_image: str = "fourm:latest"
     k8s_config: Path | None = Field(

@@ -17,7 +17,9 @@ from fourm.precision import use_bf16
 from fourm.tokenizers.image import ImageTokenizer
 
 
-def _random_values(name: str, n: int, resolution: int, rng: np.random.Generator) -> np.ndarray:
+def _random_values(
+    name: str, n: int, resolution: int, rng: np.random.Generator, channels: int = 0
+) -> np.ndarray:
     if name == "rgb":
         return rng.integers(0, 256, (n, resolution, resolution, 3), dtype=np.uint8)
     if name == "depth":
@@ -27,6 +29,10 @@ def _random_values(name: str, n: int, resolution: int, rng: np.random.Generator)
         return (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
     if name == "semseg":
         return rng.integers(0, 4, (n, resolution, resolution), dtype=np.uint8)
+    if name == "edges":
+        return (rng.random((n, resolution, resolution)) < 0.1).astype(np.uint8)
+    if name == "clip":
+        return rng.normal(size=(n, resolution, resolution, channels)).astype(np.float32)
     raise ValueError(name)
 
 
@@ -49,7 +55,7 @@ def bench_tokenizers(root: Path | str, batch_size: int = 64, repeats: int = 5) -
         if not directory.is_dir():
             continue
         tok = ImageTokenizer.load(directory, modality=modality.name)
-        values = _random_values(modality.name, batch_size, tok.resolution, rng)
+        values = _random_values(modality.name, batch_size, tok.resolution, rng, tok.codec.in_channels)
         tokens = tok.encode(values)
         results[modality.name] = {
             "encode": _median_rate(lambda t=tok, v=values: t.encode(v), batch_size, repeats),

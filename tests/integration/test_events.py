@@ -14,7 +14,7 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from fourm import events
 from fourm.params import MetricBounds, RegistryParams
 from fourm.registry.api import Registry
 from fourm.registry.errors import GateFailed
+from tests.waiting import wait_for as _wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -327,15 +328,6 @@ def _docs_block(language: str, after: str, containing: str = "") -> str:
         if containing in block:
             return block
     raise AssertionError(f"no {language} block with {containing!r} after {after!r} in {DOCS}")
-
-
-def _wait_for(what: str, probe: Callable[[], Any], wait_s: float = 60.0) -> Any:  # noqa: ANN401
-    deadline = time.monotonic() + wait_s
-    while not (found := probe()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {wait_s:g} s")
-        time.sleep(0.5)
-    return found
 
 
 def test_documented_automation_runs_evaluate_on_staging_promotion(

@@ -589,7 +589,8 @@ def test_prefect_yaml_deployments_are_real_flows_with_valid_parameters(prefect_p
 
     deployments = {d["name"]: d for d in prefect_project["deployments"]}
     validated: dict[str, dict[str, Any]] = {}
-    assert set(deployments) == {"fourm-pipeline", "fourm-pretrain", "fourm-pretrain-k8s"}
+    # the other fourm-local deployments (one per stage) are checked by tests/integration/test_serve.py
+    assert {"fourm-pipeline", "fourm-pretrain", "fourm-pretrain-k8s"} <= set(deployments)
     assert deployments["fourm-pretrain"]["work_pool"]["name"] == "fourm-local"
     assert deployments["fourm-pipeline"]["work_pool"]["name"] == "fourm-local"
 
@@ -603,7 +604,8 @@ def test_prefect_yaml_deployments_are_real_flows_with_valid_parameters(prefect_p
         assert set(parameters) <= accepted, (
             f"{name}: {set(parameters) - accepted} are not parameters of {function}"
         )
-        validated[name] = flow.validate_parameters(parameters)
+        if parameters:  # none given: each run gives them (fourm-ingest's `source` has no default)
+            validated[name] = flow.validate_parameters(parameters)
 
         for step in deployment.get("pull") or prefect_project["pull"]:
             ((step_name, _),) = step.items()

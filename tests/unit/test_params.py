@@ -53,14 +53,6 @@ def test_repo_params_yaml_is_valid_and_complete() -> None:
         ({"tokenizers": {"image_modalities": ["rgb", "caption"]}}, "'caption' is not tokenized by a VQ-VAE"),
         ({"tokenizers": {"image_modalities": ["rgb", "sound"]}}, "unknown modality 'sound'"),
         ({"tokenizers": {"vqvae": {"downsample": 3}}}, "downsample must be a power of two, got 3"),
-        (
-            {"tokenize": {"modalities": ["rgb", "edges", "caption"]}},
-            "tokenize.modalities has ['edges'] but tokenizers.image_modalities does not train it",
-        ),
-        (
-            {"tokenize": {"modalities": ["rgb", "caption"]}},
-            "pretrain.model inputs/targets ['boxes', 'depth', 'normal', 'semseg'] are not in tokenize",
-        ),
         ({"validate": {"max_bad_fraction": 2}}, "validate.max_bad_fraction"),
         ({"pretrian": {}}, "pretrian: unknown key"),
         ({"pretrain": {"model": {"size": "huge"}}}, "pretrain.model.size: Input should be 'debug'"),
