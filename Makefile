@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.fourm/prefect
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 
-.PHONY: setup demo test test-fast lint bench services-up services-down clean
+.PHONY: setup browser demo test test-fast lint bench services-up services-down clean
 
 setup: $(VENV)/.installed
 
@@ -20,7 +20,16 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(MAKE) --no-print-directory browser
 	touch $@
+
+# Debian's Chromium for the UI test (tests/e2e): Playwright drives it and never downloads a browser.
+browser:
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y --no-install-recommends chromium; }; }
+	@chromium --version
 
 services-up: setup
 	fourm services up
@@ -47,4 +56,5 @@ bench: setup
 
 # Removes the pipeline's outputs and the local S3 data; keeps the registry (.fourm/registry.db).
 clean: services-down
-	rm -rf data .fourm/services .fourm/prefect
+	rm -rf data .fourm/services .fourm/prefect .fourm/runs .fourm/reproduce
+	-git worktree prune

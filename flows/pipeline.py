@@ -1,27 +1,37 @@
-"""The ``fourm-pipeline`` flow: run the DVC stages as Prefect tasks, then push.
+"""The ``fourm-pipeline`` flow: one run of the DVC pipeline in a workspace of its own.
 
-Each task runs one stage with ``dvc repro --single-item`` in the workspace, so
-DVC's content hashes decide what is skipped, and streams the stage's output to
-the Prefect run log. After a stage, its report (the stage's metrics file in
-dvc.yaml) is published as artifacts; a failed validation publishes the report
-of the failure. Finally ``dvc push`` stores every output in the S3 remote.
+A run gets a git worktree of the checkout's commit (``fourm.run_workspace``) with
+the run's parameters, which are the flow's typed parameters (one pydantic model
+per params.yaml section, defaults from the checkout's params.yaml, so the Prefect
+UI renders a form), written to its params.yaml, and a DVC cache shared with the
+checkout. Each task runs one stage with ``dvc repro --single-item`` there, so DVC
+decides what is skipped or restored from the cache, streams the stage's output to
+the Prefect run log and publishes its report as artifacts (a failed validation
+publishes the failure's). Then ``dvc push`` stores the outputs in the S3 remote,
+params.yaml + dvc.lock + the reports are committed to ``refs/fourm-runs/<run>``,
+and the registered model version is tagged with that ref (``fourm reproduce``
+rebuilds it from there). Two runs share nothing but the cache and the registry.
 
 Run locally: ``python -m flows.pipeline`` (what ``make demo`` does).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
+import re
 import subprocess
-import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import yaml
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
+from pydantic import BaseModel
 
 from flows.artifacts import (
     publish_evaluation,
@@ -32,28 +42,76 @@ from flows.artifacts import (
     publish_tokenizer_eval,
     publish_validation,
 )
+from flows.retries import retry_only_on
+from fourm.cli import TRANSIENT_EXIT
 from fourm.data.ingest import QUARANTINE
+from fourm.dvc_spec import dvc_stages, stage_outputs, stage_plots, stage_reports
 from fourm.io import canonical_json, sha256_bytes
+from fourm.params import (
+    EvaluateParams,
+    GenerateParams,
+    IngestParams,
+    LabelParams,
+    Params,
+    PretrainParams,
+    RegisterParams,
+    SourceParams,
+    TokenizeParams,
+    TokenizersParams,
+    ValidateParams,
+    load_params,
+)
 from fourm.registry.api import Registry
 from fourm.registry.hooks import FLOW_RUN_ENV
+from fourm.run_workspace import RunWorkspace, commit_run_ref, create_run_workspace, stage_env
 from fourm.settings import get_settings
-from fourm.summary import pipeline_summary, validation_line
+from fourm.summary import model_lines, pipeline_summary, validation_line
 from fourm.validation.stage import failure_report_path
+
+REGISTER_REPORT = Path("reports/register.json")
 
 
 class StageFailed(RuntimeError):
     """A DVC stage exited non-zero (bad data or a bug: not retried)."""
 
 
-def _env() -> dict[str, str]:
-    # The stages call `fourm`; make the interpreter's bin dir win on PATH, and tell
-    # them the flow run they belong to (recorded with their registry run).
-    bindir = str(Path(sys.executable).parent)
-    return {
-        **os.environ,
-        "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
-        FLOW_RUN_ENV: str(flow_run.id or ""),
-    }
+class TransientStageFailure(StageFailed):
+    """A stage failed because S3 or a service did not answer: retried with backoff."""
+
+
+def _checkout_params() -> Params:
+    """The form's defaults: params.yaml of the directory the flow is served or run from."""
+    path = Path("params.yaml")
+    return load_params(path) if path.exists() else Params()
+
+
+_DEFAULTS = _checkout_params()
+# params.yaml sections a run may set (the flow's parameters, in DAG order); attribute names differ
+# from the section names where a section shadows a pydantic attribute (validate, register)
+SECTIONS = ("source", "generate", "ingest", "validate", "label", "tokenizers", "tokenize", "pretrain",
+            "evaluate", "register")  # fmt: skip
+
+
+FLOW_PARAMETER = {"validate": "validation", "register": "registration"}  # the rest: the section's name
+
+
+def sections_of(params: Params) -> dict[str, BaseModel]:
+    """params.yaml section name -> its model in ``params``."""
+    return {name: getattr(params, name if name in Params.model_fields else f"{name}_") for name in SECTIONS}
+
+
+def flow_parameters(params: Params) -> dict[str, BaseModel]:
+    """The flow's section parameters taken from a Params (e.g. a workspace's params.yaml)."""
+    return {FLOW_PARAMETER.get(name, name): model for name, model in sections_of(params).items()}
+
+
+def _default(name: str) -> Any:
+    return sections_of(_DEFAULTS)[name]
+
+
+def _env(workspace: Path) -> dict[str, str]:
+    # the stages record which flow run they belong to with their registry run
+    return {**stage_env(workspace, get_settings().home_dir), FLOW_RUN_ENV: str(flow_run.id or "")}
 
 
 def _record_lock_entry(ws: Path, stage: str) -> None:
@@ -69,73 +127,19 @@ def _record_lock_entry(ws: Path, stage: str) -> None:
         registry.close()
 
 
-def _stream(cmd: list[str], cwd: Path) -> int:
+def _stream(cmd: list[str], cwd: Path) -> tuple[int, list[str]]:
     """Run ``cmd``, sending each output line to the Prefect run log as it arrives."""
     logger = get_run_logger()
     logger.info("$ %s", " ".join(cmd))
+    lines: list[str] = []
     with subprocess.Popen(
-        cmd,
-        cwd=cwd,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
+        cmd, cwd=cwd, env=_env(cwd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
+            lines.append(line.rstrip())
             logger.info(line.rstrip())
-    return proc.returncode
-
-
-def _outputs(entries: list) -> list[Path]:
-    return [Path(next(iter(e)) if isinstance(e, dict) else e) for e in entries or []]
-
-
-def _substitute(value: Any, item: Any) -> Any:
-    if isinstance(value, str):
-        return value.replace("${item}", str(item))
-    if isinstance(value, list):
-        return [_substitute(v, item) for v in value]
-    if isinstance(value, dict):
-        return {_substitute(k, item): _substitute(v, item) for k, v in value.items()}
-    return value
-
-
-def _foreach_items(items: Any, workspace: Path) -> list[Any]:
-    """A ``foreach`` list, or the params.yaml list a ``${section.key}`` template names."""
-    if isinstance(items, str) and items.startswith("${") and items.endswith("}"):
-        value: Any = yaml.safe_load((workspace / "params.yaml").read_text())
-        for key in items[2:-1].split("."):
-            value = value[key]
-        return list(value)
-    return list(items)
-
-
-def dvc_stages(workspace: Path) -> dict[str, dict[str, Any]]:
-    """dvc.yaml's stages in file order, ``foreach`` stages expanded to ``name@item`` as DVC names them."""
-    spec = yaml.safe_load((workspace / "dvc.yaml").read_text())
-    stages: dict[str, dict[str, Any]] = {}
-    for name, stage in spec["stages"].items():
-        if "foreach" in stage:
-            for item in _foreach_items(stage["foreach"], workspace):
-                stages[f"{name}@{item}"] = _substitute(stage["do"], item)
-        else:
-            stages[name] = stage
-    return stages
-
-
-def stage_plots(workspace: Path) -> dict[str, list[Path]]:
-    """Stage name -> its plots files from dvc.yaml."""
-    return {name: _outputs(stage.get("plots")) for name, stage in dvc_stages(workspace).items()}
-
-
-def stage_reports(workspace: Path) -> dict[str, Path]:
-    """Stage name -> its report (the first metrics file) from dvc.yaml, in DAG order."""
-    return {
-        name: next(iter(_outputs(stage.get("metrics"))), None)
-        for name, stage in dvc_stages(workspace).items()
-    }
+    return proc.returncode, lines
 
 
 def _publish(report: dict[str, Any], stage: str, report_path: Path | None = None) -> None:
@@ -151,18 +155,26 @@ def _publish(report: dict[str, Any], stage: str, report_path: Path | None = None
         publish_stage_report(report, stage)
 
 
-@task(name="dvc-stage", task_run_name="{stage}")
+@task(
+    name="dvc-stage",
+    task_run_name="{stage}",
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=retry_only_on(TransientStageFailure),
+)
 def run_stage(stage: str, workspace: str, report: str | None) -> dict[str, Any] | None:
     """Reproduce one DVC stage; publish its report (or the failure's) as artifacts."""
     ws = Path(workspace)
     started = time.time()
-    code = _stream(["dvc", "repro", "--single-item", stage], ws)
+    code, lines = _stream(["dvc", "repro", "--single-item", stage], ws)
     if code != 0:
         failed = failure_report_path(ws / report) if report else None
         if failed is not None and failed.exists() and failed.stat().st_mtime >= started:
             failure = json.loads(failed.read_text())
             _publish(failure, stage)
             raise StageFailed(f"stage {stage} failed: {validation_line(failure)}")
+        if any(re.search(rf"exited with {TRANSIENT_EXIT}\b", line) for line in lines):
+            raise TransientStageFailure(f"stage {stage}: S3 or a service did not answer; retrying")
         raise StageFailed(f"stage {stage} failed (exit {code}); see the log above")
     _record_lock_entry(ws, stage)
     for plot in stage_plots(ws).get(stage, []):
@@ -170,7 +182,7 @@ def run_stage(stage: str, workspace: str, report: str | None) -> dict[str, Any] 
         for png in pngs:
             if png.suffix == ".png" and png.exists():
                 publish_image(png, stage, f"{stage}: {png.name}", key_suffix=png.stem)
-    for out in _outputs(dvc_stages(ws)[stage].get("outs")):
+    for out in stage_outputs(dvc_stages(ws)[stage]):
         if (ws / out / QUARANTINE).is_file():  # ingest's rejected files, with their reasons
             publish_quarantine(json.loads((ws / out / QUARANTINE).read_text()), stage)
     if report and (ws / report).exists():
@@ -182,23 +194,85 @@ def run_stage(stage: str, workspace: str, report: str | None) -> dict[str, Any] 
 
 @task(name="dvc-push", retries=3, retry_delay_seconds=[2, 5, 15])
 def push(workspace: str) -> None:
-    """Push outputs to the S3 remote; network trouble is retried with backoff."""
-    if _stream(["dvc", "push"], Path(workspace)) != 0:
+    """Push outputs (and DVC's run cache) to the S3 remote; network trouble is retried with backoff."""
+    if _stream(["dvc", "push", "--run-cache"], Path(workspace))[0] != 0:
         raise RuntimeError("dvc push failed")
 
 
+@task(name="commit-run-ref")
+def commit_and_tag(ws: RunWorkspace) -> dict[str, Any]:
+    """Commit the run's params.yaml + dvc.lock + reports to its ref; tag the model version with it."""
+    sha = commit_run_ref(
+        ws, f"fourm run {ws.name}: params.yaml, dvc.lock and reports\n\nflow run {flow_run.id}"
+    )
+    registered = json.loads((ws.path / REGISTER_REPORT).read_text())
+    registry = Registry(get_settings().effective_registry_url)
+    try:
+        version = registry.get_version(registered["ref"])
+        if "git_ref" not in version.tags:  # a cached register stage: the first run's ref stays
+            registry.tag_version(
+                version.ref,
+                {
+                    "git_ref": ws.ref,
+                    "git_commit": sha,
+                    "run": ws.name,
+                    "prefect_flow_run_id": str(flow_run.id),
+                },
+            )
+    finally:
+        registry.close()
+    get_run_logger().info("committed %s (%s) for %s", ws.ref, sha[:12], registered["ref"])
+    return {**registered, "git_ref": ws.ref, "git_commit": sha}
+
+
+def default_run_name() -> str:
+    """UTC time and the flow run's id: sortable, unique, a valid git ref component."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{str(flow_run.id or uuid.uuid4())[:8]}"
+
+
 @flow(name="fourm-pipeline", log_prints=True)
-def pipeline(workspace: str = ".", push_to_remote: bool = True) -> list[str]:
-    """Run every dvc.yaml stage in order (unchanged stages are skipped), then push."""
-    ws = Path(workspace).resolve()
-    reports = stage_reports(ws)
+def pipeline(
+    run_name: str | None = None,
+    source: SourceParams = _default("source"),
+    generate: GenerateParams = _default("generate"),
+    ingest: IngestParams = _default("ingest"),
+    validation: ValidateParams = _default("validate"),
+    label: LabelParams = _default("label"),
+    tokenizers: TokenizersParams = _default("tokenizers"),
+    tokenize: TokenizeParams = _default("tokenize"),
+    pretrain: PretrainParams = _default("pretrain"),
+    evaluate: EvaluateParams = _default("evaluate"),
+    registration: RegisterParams = _default("register"),
+    repo: str = ".",
+    push_to_remote: bool = True,
+) -> list[str]:
+    """Run every dvc.yaml stage in a run workspace with these parameters, push, commit the run's ref.
+
+    ``run_name`` names the workspace and ``refs/fourm-runs/<run_name>`` (default: time and id);
+    ``repo`` is the git checkout whose HEAD runs. ``validation`` and ``registration`` are the
+    ``validate`` and ``register`` sections (pydantic reserves those two names)."""
+    settings = get_settings()
+    values = dict(zip(SECTIONS, (source, generate, ingest, validation, label, tokenizers, tokenize, pretrain,
+                                 evaluate, registration), strict=True))  # fmt: skip
+    sections = {name: model.model_dump(mode="json", by_alias=True) for name, model in values.items()}
+    ws = create_run_workspace(
+        Path(repo), run_name or default_run_name(), settings.home_dir / "runs", sections
+    )
+    print(f"run {ws.name}: workspace {ws.path} (commit {ws.base_commit[:12]})")
+    reports = stage_reports(ws.path)
     for stage, report in reports.items():
-        run_stage(stage, str(ws), str(report) if report else None)
+        run_stage(stage, str(ws.path), str(report) if report else None)
     if push_to_remote:
-        push(str(ws))
+        push(str(ws.path))
+    registered = commit_and_tag(ws)
+    evaluation = ws.path / "reports" / "evaluate" / "metrics.json"
     summary = pipeline_summary(
-        ws / "data" / "raw",
-        [ws / r for s, r in reports.items() if r is not None and s.startswith("validate")],
+        ws.path / "data" / "raw",
+        [ws.path / r for s, r in reports.items() if r is not None and s.startswith("validate")],
+    ) + model_lines(registered, json.loads(evaluation.read_text()), ws.path / "reports" / "evaluate")
+    create_markdown_artifact(
+        key="pipeline-summary", markdown="\n".join(f"- {line}" for line in summary), description="the run"
     )
     for line in summary:
         print(line)
@@ -242,3 +316,8 @@ if __name__ == "__main__":
         print("No Prefect server configured (`fourm services up` starts one): using a temporary one")
     lines = pipeline()
     print("\n== fourm pipeline: done ==", *lines, sep="\n")
+    if api:
+        print(
+            f"Prefect UI: {prefect_ui_url()} (flow runs, their logs and artifacts; "
+            "Deployments once `fourm serve` runs)"
+        )

@@ -23,6 +23,7 @@ from flows.artifacts import (
     publish_tokenizer_eval,
     publish_validation,
 )
+from flows.retries import retry_only_on
 from fourm import stages
 from fourm.data.samples import DatasetInputs
 from fourm.params import (
@@ -51,15 +52,8 @@ class DatasetPaths(BaseModel):
         return DatasetInputs(Path(self.raw), Path(self.labels), Path(self.accepted))
 
 
-def only_transient_errors(task, task_run, state) -> bool:  # noqa: ANN001 (Prefect's retry hook signature)
-    """Retry S3 trouble (network, 5xx after the store's own retries), never bad data."""
-    try:
-        state.result()
-    except StorageError:
-        return True
-    except Exception:
-        return False
-    return False
+# S3 trouble (network, 5xx after the store's own retries) is retried; bad data never
+only_transient_errors = retry_only_on(StorageError)
 
 
 @task(name="generate")

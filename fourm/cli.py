@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fourm import cli_generate, cli_serve
+from fourm import cli_generate, cli_runs, cli_serve
 from fourm.params import ParamsError, PretrainParams, load_params
 from fourm.registry.cli import registry_app
 from fourm.settings import get_settings
@@ -57,6 +57,8 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from fourm.modalities import ModalityError
     from fourm.model.generate import GenerationError
     from fourm.registry.errors import RegistryError
+    from fourm.reproduce import ReproduceError
+    from fourm.run_workspace import RunWorkspaceError
     from fourm.services import ServiceError
     from fourm.storage.object_store import StorageError
     from fourm.tokenizers.base import TokenizerError
@@ -67,6 +69,8 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     # OSError last: a missing or unwritable file the user named is bad input, not a bug.
     return (
         ParamsError,
+        RunWorkspaceError,
+        ReproduceError,
         DatasetError,
         DecodeError,
         LabelerError,
@@ -89,6 +93,16 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+TRANSIENT_EXIT = 75  # EX_TEMPFAIL: S3 or a service did not answer; the pipeline retries such a stage
+
+
+def _is_transient(error: BaseException) -> bool:
+    from fourm.services import ServiceError
+    from fourm.storage.object_store import StorageError
+
+    return isinstance(error, ServiceError) or (isinstance(error, StorageError) and error.transient)
+
+
 def friendly_errors(fn: F) -> F:
     """Turn the project's known errors into one red line and exit code 1."""
 
@@ -98,7 +112,7 @@ def friendly_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except _known_errors() as e:
             err.print(f"[red]error:[/red] {e}", highlight=False, markup=True, soft_wrap=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(TRANSIENT_EXIT if _is_transient(e) else 1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -562,6 +576,8 @@ def train_cmd(
 app.command("generate")(friendly_errors(cli_generate.generate_cmd))
 app.command("evaluate")(friendly_errors(cli_generate.evaluate_cmd))
 app.command("serve")(friendly_errors(cli_serve.serve_cmd))
+app.command("register")(friendly_errors(cli_runs.register_cmd))
+app.command("reproduce")(friendly_errors(cli_runs.reproduce_cmd))
 
 
 # -- bench ----------------------------------------------------------------------

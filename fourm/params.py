@@ -417,6 +417,15 @@ class RegistryParams(StrictModel):
     higher_is_better: bool = True
 
 
+class RegisterParams(StrictModel):
+    """The model version the pipeline's last stage registers."""
+
+    model_name: str = Field(
+        "fourm-4m", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Registry model the version joins."
+    )
+    description: str = Field("", description="Free text stored with the version (shown in its card).")
+
+
 Channel = Annotated[int, Field(ge=0, le=255)]
 
 
@@ -520,6 +529,7 @@ class Params(StrictModel):
     tokenize: TokenizeParams = TokenizeParams()
     pretrain: PretrainParams = PretrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    register_: RegisterParams = Field(RegisterParams(), alias="register")  # BaseModel.register is ABCMeta's
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

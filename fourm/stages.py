@@ -19,7 +19,7 @@ from fourm.data.ingest import IngestReport
 from fourm.data.samples import DatasetInputs
 from fourm.data.token_shards import TOKENS_CARD
 from fourm.data.tokenize import TokenizeReport, run_tokenize
-from fourm.io import sha256_bytes, sha256_file
+from fourm.io import canonical_json, sha256_bytes, sha256_file
 from fourm.labelers.stage import LabelReport, run_label
 from fourm.modalities import get_modality
 from fourm.params import (
@@ -187,9 +187,13 @@ def train_tokenizer(
         if name == "text"
         else {"tokenizer": name, "vqvae": _section(params.vqvae_for(name))}
     )
-    with recorded_run(
-        settings, stage_name(f"train-tokenizer@{name}"), section, _inputs_artifacts(inputs)
-    ) as rec:
+    ins = _inputs_artifacts(inputs)
+    # checkpoints keyed by the workspace and what the training depends on: a rerun of the same
+    # training there resumes; a concurrent pipeline run (another worktree) never meets them
+    key = sha256_bytes(
+        canonical_json({"workspace": str(Path.cwd()), "params": section, "inputs": [a.sha256 for a in ins]})
+    )[:16]
+    with recorded_run(settings, stage_name(f"train-tokenizer@{name}"), section, ins) as rec:
         tracker = make_tracker(settings, "fourm-tokenizers", f"tokenizer-{name}", section)
         try:
             report = run_train_tokenizer(
@@ -198,7 +202,7 @@ def train_tokenizer(
                 inputs,
                 out_dir,
                 history_path,
-                checkpoint_dir=settings.home_dir / "checkpoints" / f"tokenizer-{name}",
+                checkpoint_dir=settings.home_dir / "checkpoints" / f"tokenizer-{name}-{key}",
                 tracker=tracker,
             )
         finally:

@@ -36,3 +36,18 @@ def pipeline_summary(dataset_dir: Path, validation_reports: list[Path]) -> list[
         if path.exists():
             lines.append(validation_line(json.loads(path.read_text())))
     return lines
+
+
+def model_lines(registered: dict[str, Any], evaluation: dict[str, Any], reports_dir: Path) -> list[str]:
+    """The registered version, each task's first metric beside its baseline, where the gallery is."""
+    verdict = "beats every baseline" if registered["beats_all_baselines"] else "does NOT beat every baseline"
+    lines = [f"registered model: {registered['ref']} ({verdict}); run ref {registered.get('git_ref', '-')}"]
+    for task, result in evaluation.get("tasks", {}).items():
+        metric, values = next(iter(result["metrics"].items()))
+        mark = "better" if values["better"] else "NOT better"
+        lines.append(
+            f"  {task}: {metric} {values['model']:.3g} vs baseline {values['baseline']:.3g} ({mark})"
+        )
+    lines.append(f"gallery: {Path(reports_dir).resolve() / 'gallery.png'}")
+    lines.append(f"reproduce: fourm reproduce {registered['ref']}")
+    return lines

@@ -59,12 +59,17 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def make_workspace(
-    root: Path, settings: Settings, params: dict | None = None, replace: dict[str, object] | None = None
+    root: Path,
+    settings: Settings,
+    params: dict | None = None,
+    replace: dict[str, object] | None = None,
+    with_flows: bool = False,
 ) -> tuple[Path, dict[str, str]]:
     """Copy dvc.yaml, params.yaml (overridden by ``params``), the package and DVC config.
 
     ``params`` merge into the repo's params.yaml key by key; ``replace`` sets whole values
     by dotted key afterwards (e.g. ``{"label.labelers": {...}}`` drops the repo's entries).
+    ``with_flows`` also copies ``flows/`` (to serve the deployments from the workspace).
 
     Returns the workspace and the environment its commands need (S3 settings,
     PATH with this interpreter's bin first). The DVC remote gets a unique prefix.
@@ -74,6 +79,8 @@ def make_workspace(
     shutil.copy(REPO / "dvc.yaml", ws)
     shutil.copy(REPO / ".dvcignore", ws)
     shutil.copytree(REPO / "fourm", ws / "fourm", ignore=shutil.ignore_patterns("__pycache__"))
+    if with_flows:
+        shutil.copytree(REPO / "flows", ws / "flows", ignore=shutil.ignore_patterns("__pycache__"))
     (ws / ".dvc").mkdir()
     shutil.copy(REPO / ".dvc" / "config", ws / ".dvc")
     shutil.copy(REPO / ".dvc" / ".gitignore", ws / ".dvc")

@@ -395,6 +395,14 @@ class Registry:
             )
             return [convert.promotion(s, e) for e in s.scalars(q)]
 
+    def tag_version(self, ref: str | ModelRef, tags: dict[str, Any]) -> VersionInfo:
+        """Merge ``tags`` into a version's tags (e.g. the git ref of the run that made it)."""
+        with self._tx() as s:
+            mv = self._resolve(s, ref)
+            mv.tags = {**(mv.tags or {}), **tags}
+            s.flush()
+            return convert.version(s, mv)
+
     # -- aliases --------------------------------------------------------------------
 
     def set_alias(self, ref: str, alias: str) -> VersionInfo:

@@ -33,9 +33,10 @@ T = TypeVar("T")
 class StorageError(RuntimeError):
     """An S3 operation failed; the message names bucket and key (``code``: the S3 error code)."""
 
-    def __init__(self, message: str, code: str | None = None):
+    def __init__(self, message: str, code: str | None = None, transient: bool = False):
         super().__init__(message)
         self.code = code
+        self.transient = transient  # the server was unreachable or failed (5xx), not the request
 
 
 class IntegrityError(StorageError):
@@ -112,12 +113,15 @@ class ObjectStore:
                 return fn()
             except S3Error as err:
                 if not _retryable(err) or attempt == self.retries:
-                    raise StorageError(f"{what}: {err.code}: {err.message}", code=err.code) from None
+                    raise StorageError(
+                        f"{what}: {err.code}: {err.message}", code=err.code, transient=_retryable(err)
+                    ) from None
             except _TRANSIENT as err:
                 if attempt == self.retries:
                     raise StorageError(
                         f"{what}: S3 endpoint {self.endpoint or '?'} unreachable after "
-                        f"{self.retries + 1} attempts: {type(err).__name__}"
+                        f"{self.retries + 1} attempts: {type(err).__name__}",
+                        transient=True,
                     ) from err
             time.sleep(delay)
             delay = min(delay * 2, 10.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
 
@@ -36,6 +38,7 @@ STAGES = (
     "tokenize",
     "pretrain",
     "evaluate",
+    "register",
 )
 
 
@@ -109,8 +112,8 @@ def _check_registry_records(url: str, ws: Path) -> None:
 
     reg = Registry(url)
     runs = {r.stage: r for r in reg.runs()}
-    assert set(runs) == set(STAGES)
-    head = run(["git", "rev-parse", "HEAD"], ws, {**__import__("os").environ}).stdout.strip()
+    assert set(runs) == set(STAGES) - {"register"}  # register adds a model version, not a run
+    head = run(["git", "rev-parse", "HEAD"], ws, {**os.environ}).stdout.strip()
     for r in runs.values():
         assert r.status == "succeeded" and r.git_commit == head and len(r.params_sha256) == 64
     _, outputs = reg.run_io(runs["source"].id)
@@ -125,6 +128,12 @@ def _check_registry_records(url: str, ws: Path) -> None:
     validated_raw = reg.run_io(runs["validate"].id)[1]
     label_inputs = reg.run_io(runs["label"].id)[0]
     assert {a.id for a in validated_raw if a.kind == "validated dataset"} <= {a.id for a in label_inputs}
+    # the register stage: the evaluated checkpoint is version 1, made by the pretrain run
+    version = reg.get_version("fourm-4m:1")
+    assert version.checkpoint.sha256 == sha256_file(ws / "models" / "pretrain" / "model.pt")
+    assert version.run_id == runs["pretrain"].id and version.evaluation is not None
+    assert {t.name for t in version.tokenizers} == {"rgb", "depth", "normal", "semseg", "text"}
+    assert json.loads((ws / "reports" / "register.json").read_text())["ref"] == "fourm-4m:1"
     reg.close()
 
 

@@ -3,30 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fourm.settings import Settings
-from tests.workspace import make_workspace
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Prefect's test harness: a real Prefect API server on a temporary database."""
-    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    with (
-        prefect_test_harness(server_startup_timeout=90),
-        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
-    ):
-        yield
 
 
 def _artifacts_and_logs(flow_run_id) -> tuple[dict[str, object], list[str]]:  # noqa: ANN001
@@ -53,109 +36,6 @@ def _artifacts_and_logs(flow_run_id) -> tuple[dict[str, object], list[str]]:  # 
             if not page:
                 break
     return {a.key: a for a in arts}, [entry.message for entry in logs]
-
-
-@pytest.fixture()
-def workspace_env(s3_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
-    ws, env = make_workspace(tmp_path, s3_settings)
-    for key in ("FOURM_HOME", "FOURM_S3_ENDPOINT", "FOURM_S3_INTERNAL_PORTS", "PATH", "FOURM_REGISTRY_URL"):
-        monkeypatch.setenv(key, env[key])
-    return ws
-
-
-def test_pipeline_flow_runs_stages_and_publishes_validation(
-    prefect_server: None, workspace_env: Path
-) -> None:
-    from flows.pipeline import pipeline
-
-    state = pipeline(workspace=str(workspace_env), return_state=True)
-    assert state.is_completed(), state.message
-    summary = state.result()
-    assert summary[0].startswith(f"dataset: {workspace_env / 'data' / 'raw'}")
-    assert "24/24 samples pass" in summary[1]
-
-    artifacts, logs = _artifacts_and_logs(state.state_details.flow_run_id)
-    rules = json.loads(artifacts["validate-rules"].data)
-    assert {r["rule"] for r in rules} >= {"id_unique", "rgb_decodable", "caption_length"}
-    assert all(r["failed"] == 0 and r["checked"] == 24 for r in rules)
-    assert json.loads(artifacts["validate-labels-rules"].data)[0]["checked"] == 24
-    assert "validate-labels-summary" in artifacts and "source-report" in artifacts
-    assert "data:image/png;base64,iVBOR" in artifacts["label-label-samples"].data  # the labeled-sample grid
-    # tokenizer results: a metrics table and a reconstruction grid per image modality
-    table = {r["tokenizer"]: r for r in json.loads(artifacts["eval-tokenizers-metrics"].data)}
-    assert table["text"]["caption_exact"] == 1.0 and "psnr" in table["rgb"]
-    assert "data:image/png;base64,iVBOR" in artifacts["eval-tokenizers-recon-semseg"].data
-    assert "train-tokenizer-rgb-report" in artifacts and "tokenize-report" in artifacts
-    # pretraining: val loss per modality beside its unigram baseline, and the loss curves
-    validation = {r["modality"]: r for r in json.loads(artifacts["pretrain-validation"].data)}
-    # a tiny run (4 val samples, 16 targets each) need not draw targets of every modality
-    assert (
-        set(validation) <= {"rgb", "depth", "normal", "semseg", "caption", "boxes"} and len(validation) >= 3
-    )
-    assert all(r["unigram baseline"] > 0 for r in validation.values())
-    assert "data:image/png;base64,iVBOR" in artifacts["pretrain-loss"].data
-    # evaluation: every task's metrics beside its baseline, the markdown report, the galleries
-    rows = json.loads(artifacts["evaluate-metrics"].data)
-    assert {r["task"] for r in rows} == {
-        "rgb->depth",
-        "rgb->normal",
-        "rgb->semseg",
-        "rgb->boxes",
-        "rgb->caption",
-        "caption->semseg",
-    }
-    assert "| task | metric | model | baseline | better |" in artifacts["evaluate-report"].data
-    assert "data:image/png;base64,iVBOR" in artifacts["evaluate-gallery"].data
-    # each stage's own output is streamed into the run log
-    assert any("Running stage 'source'" in m for m in logs)
-    assert any("labeled validation of data/labels: 24/24" in m for m in logs)
-    assert any("pushed" in m for m in logs)
-    # the registry knows which flow run made each stage run, and its dvc.lock entry
-    from fourm.registry.api import Registry
-
-    reg = Registry(os.environ["FOURM_REGISTRY_URL"])
-    runs = reg.runs()
-    assert {r.stage for r in runs} == {
-        "source",
-        "validate",
-        "label",
-        "validate-labels",
-        *(f"train-tokenizer@{m}" for m in ("rgb", "depth", "normal", "semseg")),
-        "train-text-tokenizer",
-        "eval-tokenizers",
-        "tokenize",
-        "pretrain",
-        "evaluate",
-    }
-    assert {r.prefect_flow_run_id for r in runs} == {str(state.state_details.flow_run_id)}
-    assert all(r.dvc_lock_sha256 and len(r.dvc_lock_sha256) == 64 for r in runs)
-    reg.close()
-
-
-def test_failed_validation_fails_the_run_and_publishes_its_report(
-    prefect_server: None, workspace_env: Path
-) -> None:
-    from flows.pipeline import pipeline
-
-    params = workspace_env / "params.yaml"
-    params.write_text(params.read_text().replace("caption_max_chars: 600", "caption_max_chars: 20"))
-    state = pipeline(workspace=str(workspace_env), push_to_remote=False, return_state=True)
-    assert state.is_failed()
-    artifacts, logs = _artifacts_and_logs(state.state_details.flow_run_id)
-    rules = {r["rule"]: r for r in json.loads(artifacts["validate-rules"].data)}
-    assert rules["caption_length"]["failed"] == 24
-    assert "FAILED" in artifacts["validate-summary"].data
-    assert any("validation failed" in m for m in logs)
-    assert any("rule caption_length" in m and "24 failed" in m for m in logs)
-    assert "rules with failures: caption_length" in str(state.message)
-    assert not (workspace_env / "data" / "raw_validated").exists()
-    assert "validate-labels-rules" not in artifacts
-    from fourm.registry.api import Registry
-
-    reg = Registry(os.environ["FOURM_REGISTRY_URL"])
-    failed = reg.runs(stage="validate")[0]
-    assert failed.status == "failed" and "caption_length" in failed.error
-    reg.close()
 
 
 def test_stage_flow_with_typed_params(prefect_server: None, tmp_path: Path) -> None:

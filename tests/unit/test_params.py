@@ -27,6 +27,7 @@ def test_repo_params_yaml_is_valid_and_complete() -> None:
         "tokenize",
         "pretrain",
         "evaluate",
+        "register",
     }
     assert set(dump_params(params)) == sections
     assert set(yaml.safe_load((REPO / "params.yaml").read_text())) == sections

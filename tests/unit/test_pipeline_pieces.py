@@ -1,0 +1,77 @@
+"""Pieces of the pipeline run machinery: dvc.yaml as data, summaries, version metrics, fingerprints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fourm.dvc_spec import dvc_stages, stage_reports, uncached_outputs
+from fourm.registry.register_stage import headline_metrics
+from fourm.reproduce import ReproduceError, fingerprint
+from fourm.summary import model_lines
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.unit
+
+EVALUATION = {
+    "beats_baseline": {"rgb->depth": True, "rgb->semseg": False},
+    "tasks": {
+        "rgb->depth": {"beats_baseline": True, "metrics": {
+            "abs_rel": {"model": 0.067, "baseline": 0.077, "better": True},
+            "rmse": {"model": 0.2, "baseline": 0.3, "better": True}}},
+        "rgb->semseg": {"beats_baseline": False, "metrics": {
+            "miou": {"model": 0.1, "baseline": 0.22, "better": False}}},
+    },
+}  # fmt: skip
+
+
+def test_the_project_dag_ends_with_register_and_its_uncached_reports_are_known() -> None:
+    stages = dvc_stages(REPO)
+    assert list(stages)[-3:] == ["pretrain", "evaluate", "register"]
+    assert {f"train-tokenizer@{m}" for m in ("rgb", "depth", "normal", "semseg")} <= set(stages)
+    assert stage_reports(REPO)["evaluate"] == Path("reports/evaluate/metrics.json")
+    uncached = uncached_outputs(REPO)
+    assert (
+        Path("reports/evaluate/metrics.json") in uncached and Path("reports/tokenizers/rgb.json") in uncached
+    )
+    # cached outputs live in the DVC cache, not in a run's ref
+    assert (
+        Path("reports/register.json") not in uncached and Path("reports/evaluate/report.md") not in uncached
+    )
+
+
+def test_version_metrics_keep_each_task_metric_beside_its_baseline() -> None:
+    flat = headline_metrics(EVALUATION)
+    assert flat["rgb->depth/abs_rel"] == 0.067 and flat["rgb->depth/abs_rel/baseline"] == 0.077
+    assert flat["rgb->semseg/miou/baseline"] == 0.22
+    assert flat["beats_all_baselines"] is False
+    assert headline_metrics({"tasks": {}, "beats_baseline": {}})["beats_all_baselines"] is True
+
+
+def test_model_lines_name_the_version_each_task_the_gallery_and_how_to_reproduce(tmp_path: Path) -> None:
+    registered = {"ref": "fourm-4m:3", "beats_all_baselines": False, "git_ref": "refs/fourm-runs/r"}
+    lines = model_lines(registered, EVALUATION, tmp_path)
+    assert (
+        lines[0] == "registered model: fourm-4m:3 (does NOT beat every baseline); run ref refs/fourm-runs/r"
+    )
+    assert "  rgb->depth: abs_rel 0.067 vs baseline 0.077 (better)" in lines
+    assert "  rgb->semseg: miou 0.1 vs baseline 0.22 (NOT better)" in lines
+    assert f"gallery: {tmp_path.resolve() / 'gallery.png'}" in lines
+    assert lines[-1] == "reproduce: fourm reproduce fourm-4m:3"
+
+
+def test_fingerprints_follow_the_stage_that_made_the_artifact(tmp_path: Path) -> None:
+    from fourm.io import sha256_file
+
+    f = tmp_path / "model.pt"
+    f.write_bytes(b"weights")
+    assert fingerprint(f) == sha256_file(f)
+    ds = tmp_path / "raw"
+    ds.mkdir()
+    (ds / "dataset.json").write_text(json.dumps({"shards": []}))
+    (ds / "shard-0.tar").write_bytes(b"x")  # the card lists the shards' hashes; the card is the hash
+    assert fingerprint(ds) == sha256_file(ds / "dataset.json")
+    with pytest.raises(ReproduceError, match="not a file, dataset, token set or tokenizer"):
+        fingerprint(tmp_path)
