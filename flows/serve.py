@@ -7,9 +7,10 @@ same deployments (names and entrypoints) for the ``fourm-local`` process pool;
 ``tests/integration/test_serve.py`` keeps the two in step.
 
 No parameter values are baked in: a run's parameters default to the flow's own
-defaults, which read the workspace's params.yaml. Serve from the repository root
-(entrypoints and params.yaml are relative to it); runs execute in this process's
-machine and checkout.
+defaults, which are the served checkout's params.yaml (read when the flows are
+imported). Serve from the repository root (entrypoints and params.yaml are relative
+to it); runs execute on this machine, ``fourm-pipeline`` runs each in a git worktree
+of this checkout's HEAD (docs/pipeline.md).
 """
 
 from __future__ import annotations
