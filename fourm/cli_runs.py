@@ -47,20 +47,29 @@ def reproduce_cmd(
     ref: Annotated[str, typer.Argument(help="A registry reference: model:version, model@alias or model.")],
     repo: Annotated[Path, typer.Option("--repo", help="The git checkout to reproduce in.")] = Path("."),
     keep: Annotated[bool, typer.Option("--keep/--clean", help="Keep the reproduction's worktree.")] = True,
+    rerun: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--rerun", help="Recompute this stage although its pulled outputs are up to date (repeatable)."
+        ),
+    ] = None,
 ) -> None:
     """Check out the run that made REF, `dvc pull`, `dvc repro`; compare every hash with the registry."""
     from fourm.reproduce import reproduce
 
-    result = reproduce(ref, repo, keep=keep)
+    result = reproduce(ref, repo, keep=keep, rerun=rerun or ())
     table = Table(title=f"{result.ref}: {result.git_ref} ({result.commit[:12]})")
-    for column in ("artifact", "path", "registered sha256", "reproduced sha256", "result"):
-        table.add_column(column)
+    table.add_column("artifact", no_wrap=True)
+    table.add_column("path", overflow="fold")
+    table.add_column("registered", no_wrap=True)
+    table.add_column("reproduced", no_wrap=True)
+    table.add_column("result", no_wrap=True)
     for c in result.checks:
         table.add_row(
             c.kind,
             c.path,
-            c.registered[:16],
-            (c.reproduced or "missing")[:16],
+            c.registered[:12],
+            (c.reproduced or "missing")[:12],
             "[green]pass[/green]" if c.passed else "[red]FAIL[/red]",
         )
     out.print(table)
@@ -70,7 +79,7 @@ def reproduce_cmd(
     if keep:
         out.print(f"workspace: {result.workspace}", highlight=False, soft_wrap=True)
     passed = sum(c.passed for c in result.checks)
-    out.print(f"{passed}/{len(result.checks)} hashes equal the registry's", highlight=False)
+    out.print(f"{passed}/{len(result.checks)} hashes (sha256) equal the registry's", highlight=False)
     if not result.passed:
         out.print(f"[red]reproduction of {result.ref} FAILED[/red]")
         raise typer.Exit(1)

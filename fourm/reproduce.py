@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,9 +111,16 @@ def _dvc(args: list[str], ws: RunWorkspace, settings: Settings) -> None:
 
 
 def reproduce(
-    ref: str, repo: Path = Path("."), settings: Settings | None = None, keep: bool = True
+    ref: str,
+    repo: Path = Path("."),
+    settings: Settings | None = None,
+    keep: bool = True,
+    rerun: Sequence[str] = (),
 ) -> Reproduction:
-    """Check out ``ref``'s run, pull, repro; compare every workspace artifact's hash with the registry's."""
+    """Check out ``ref``'s run, pull, repro; compare every workspace artifact's hash with the registry's.
+
+    ``rerun`` names stages to recompute even though their pulled outputs are up to date
+    (``dvc repro --force``): their fresh outputs are what gets compared."""
     settings = settings or get_settings()
     registry = Registry(settings.effective_registry_url)
     try:
@@ -135,6 +143,8 @@ def reproduce(
     ws = create_run_workspace(root, name, settings.home_dir / "reproduce", commit=commit)
     try:
         _dvc(["pull"], ws, settings)
+        for stage in rerun:
+            _dvc(["repro", "--force", "--single-item", stage], ws, settings)
         _dvc(["repro"], ws, settings)
         checks, skipped = [], []
         for artifact in {a.id: a for a in lineage}.values():
@@ -142,6 +152,8 @@ def reproduce(
             if rel is None:
                 skipped.append(artifact)
                 continue
+            if any(c.path == str(rel) and c.registered == artifact.sha256 for c in checks):
+                continue  # the same output recorded under two names (e.g. by its maker and by a reader)
             path = ws.path / rel
             got = fingerprint(path) if path.exists() else None
             checks.append(HashCheck(artifact.kind, str(rel), artifact.sha256, got))
