@@ -210,7 +210,7 @@ def commit_and_tag(ws: RunWorkspace) -> dict[str, Any]:
     try:
         version = registry.get_version(registered["ref"])
         if "git_ref" not in version.tags:  # a cached register stage: the first run's ref stays
-            registry.tag_version(
+            version = registry.tag_version(
                 version.ref,
                 {
                     "git_ref": ws.ref,
@@ -222,7 +222,7 @@ def commit_and_tag(ws: RunWorkspace) -> dict[str, Any]:
     finally:
         registry.close()
     get_run_logger().info("committed %s (%s) for %s", ws.ref, sha[:12], registered["ref"])
-    return {**registered, "git_ref": ws.ref, "git_commit": sha}
+    return {**registered, "git_ref": ws.ref, "git_commit": sha, "version_git_ref": version.tags["git_ref"]}
 
 
 def default_run_name() -> str:

@@ -42,6 +42,9 @@ def model_lines(registered: dict[str, Any], evaluation: dict[str, Any], reports_
     """The registered version, each task's first metric beside its baseline, where the gallery is."""
     verdict = "beats every baseline" if registered["beats_all_baselines"] else "does NOT beat every baseline"
     lines = [f"registered model: {registered['ref']} ({verdict}); run ref {registered.get('git_ref', '-')}"]
+    made_by = registered.get("version_git_ref")
+    if made_by and made_by != registered.get("git_ref"):  # every stage came from the cache
+        lines[0] += f"; the same model as run {made_by}, which registered it"
     for task, result in evaluation.get("tasks", {}).items():
         metric, values = next(iter(result["metrics"].items()))
         mark = "better" if values["better"] else "NOT better"

@@ -190,9 +190,13 @@ def test_failed_stage_fails_the_run_then_a_fixed_run_reuses_every_output(
     # the same run with the rule fixed (the params of run lr-a): every stage comes from the cache
     fixed = pipeline(run_name="fixed", repo=str(ws), return_state=True, **_parameters(ws, pretrain__lr=1e-3))
     assert fixed.is_completed(), fixed.message
-    _, logs = _artifacts_and_logs(fixed.state_details.flow_run_id)
+    artifacts, logs = _artifacts_and_logs(fixed.state_details.flow_run_id)
     restored = {s for s in STAGES if any(f"Stage '{s}' is cached - skipping run" in m for m in logs)}
     assert restored == STAGES
+    assert (
+        "the same model as run refs/fourm-runs/lr-a, which registered it"
+        in artifacts["pipeline-summary"].data
+    )
     reg = _registry()
     try:
         # no stage ran again (only the failed validation was added), no second version of the model

@@ -60,6 +60,8 @@ def test_model_lines_name_the_version_each_task_the_gallery_and_how_to_reproduce
     assert "  rgb->semseg: miou 0.1 vs baseline 0.22 (NOT better)" in lines
     assert f"gallery: {tmp_path.resolve() / 'gallery.png'}" in lines
     assert lines[-1] == "reproduce: fourm reproduce fourm-4m:3"
+    again = model_lines({**registered, "version_git_ref": "refs/fourm-runs/first"}, EVALUATION, tmp_path)
+    assert again[0].endswith("; the same model as run refs/fourm-runs/first, which registered it")
 
 
 def test_fingerprints_follow_the_stage_that_made_the_artifact(tmp_path: Path) -> None:
