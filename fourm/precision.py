@@ -7,10 +7,12 @@ tens to hundreds of times slower, so there we train in fp32.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 @functools.cache
@@ -30,3 +32,16 @@ def use_bf16(requested: bool, device: str = "cpu") -> bool:
     if torch.device(device).type == "cuda":
         return True
     return cpu_has_native_bf16()
+
+
+def training_attention(device: str, bf16: bool) -> contextlib.AbstractContextManager:
+    """The attention kernel for a bf16 training step: PyTorch's plain (math) one on CPUs.
+
+    For the short sequences 4M trains on here, the CPU flash-attention kernel's backward
+    is slow in bf16 (40% of a tiny-model step); the math kernel made the whole step 27%
+    faster (docs/benchmarks.md). GPUs, and fp32 where the two kernels tie, keep PyTorch's
+    choice. A new context per use: ``sdpa_kernel`` cannot be re-entered.
+    """
+    if bf16 and torch.device(device).type == "cpu":
+        return sdpa_kernel(SDPBackend.MATH)
+    return contextlib.nullcontext()

@@ -26,7 +26,7 @@ from fourm.model.batch import MaskedBatch
 from fourm.model.config import ModelConfig, model_config
 from fourm.model.flops import train_step_flops
 from fourm.model.model import FourM
-from fourm.precision import cpu_has_native_bf16
+from fourm.precision import cpu_has_native_bf16, training_attention
 
 # DESIGN.md "Benchmark config bench-cpu-s": tokens per sample and modality.
 BENCH_INPUTS: dict[str, int] = {"rgb": 32, "depth": 32, "normal": 32, "caption": 32}
@@ -160,7 +160,7 @@ def make_step(model: torch.nn.Module, batch: MaskedBatch, mode: str) -> Callable
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
 
     def step() -> float:
-        with _autocast(mode):
+        with _autocast(mode), training_attention("cpu", mode == "bf16"):
             out = model(batch)
         out.loss.backward()
         optimizer.step()

@@ -32,7 +32,7 @@ from fourm.model.flops import forward_matmul_flops
 from fourm.model.masking import Masker
 from fourm.model.model import FourM, balanced_loss
 from fourm.params import PretrainParams
-from fourm.precision import use_bf16
+from fourm.precision import training_attention, use_bf16
 from fourm.tracking import NullTracker, Tracker
 from fourm.train.checkpoint import CheckpointError, CheckpointStore, rng_state, set_rng_state
 from fourm.train.data import (
@@ -194,7 +194,11 @@ def train_4m(
         sums = torch.zeros(M, device=device)
         for k, part in enumerate(parts):
             sync = k == len(parts) - 1 or not info.distributed
-            with contextlib.nullcontext() if sync else _no_sync(wrapped), autocast:
+            with (
+                contextlib.nullcontext() if sync else _no_sync(wrapped),
+                autocast,
+                training_attention(device.type, bf16),
+            ):
                 out = wrapped(part)
                 loss = _micro_loss(out.ce_sums, counts, info.world_size)
             loss.backward()
