@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
 from fourm.model.batch import MaskedBatch
 from fourm.model.config import SIZES, ModelConfig, bench_cpu_s, model_config
 from fourm.model.model import FourM, balanced_loss
+from fourm.precision import training_attention
 
 pytestmark = pytest.mark.unit
 
@@ -212,3 +215,29 @@ def test_tied_sequence_embeddings_and_config_round_trip():
     assert ModelConfig.from_dict(m.config.to_dict()) == m.config
     other = model_config("debug", INPUTS, TARGETS, dim=64)
     assert m.config.describe_difference(other) == ["dim: 32 != 64"]
+
+
+def test_training_attention_kernel_gives_the_same_loss_and_gradients():
+    """bf16 CPU steps use the math attention kernel (fourm.precision.training_attention); it must
+    compute what the default kernel does, masks included (fp32 here, so the match is tight)."""
+    torch.manual_seed(0)
+    m = FourM(model_config("debug", INPUTS, TARGETS))
+    batch = make_batch(m.config)
+
+    def loss_and_grads(context) -> tuple[float, list[torch.Tensor]]:
+        m.zero_grad()
+        with context:
+            loss = m(batch).loss
+        loss.backward()
+        return float(loss.detach()), [p.grad.clone() for p in m.parameters() if p.grad is not None]
+
+    default_loss, default_grads = loss_and_grads(contextlib.nullcontext())
+    with training_attention("cpu", bf16=True):
+        assert torch.backends.cuda.math_sdp_enabled() and not torch.backends.cuda.flash_sdp_enabled()
+    assert torch.backends.cuda.flash_sdp_enabled(), "the kernel choice must not outlive the step"
+    math_loss, math_grads = loss_and_grads(training_attention("cpu", bf16=True))
+    assert math_loss == pytest.approx(default_loss, rel=1e-5)
+    for a, b in zip(default_grads, math_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    with training_attention("cpu", bf16=False):
+        assert torch.backends.cuda.flash_sdp_enabled()  # fp32: PyTorch's own choice
