@@ -75,12 +75,35 @@ def repo_root(path: Path) -> Path:
 
 
 def write_run_params(workspace: Path, sections: dict[str, Any]) -> dict[str, Any]:
-    """Replace whole sections of the workspace's params.yaml, validated before anything is written."""
+    """Apply the run's params ``sections`` to the workspace's params.yaml, validated before anything
+    is written; returns the validated params.
+
+    Only the values that differ from the file's are written, so every other value stays as
+    the file has it (defaults left implicit, comments kept when nothing differs). DVC compares
+    param values as written: a run with the checkout's own params then records the same
+    params in its dvc.lock as ``dvc repro`` in the checkout, and each reuses the other's outputs.
+    """
     path = workspace / "params.yaml"
     base = yaml.safe_load(path.read_text()) or {}
     merged = dump_params(parse_params({**base, **sections}, f"{path} (with the run's parameters)"))
-    path.write_text(yaml.safe_dump(merged, sort_keys=False))
+    current = dump_params(parse_params(base, path))
+    if merged != current:
+        path.write_text(yaml.safe_dump(overlay_changes(base, current, merged), sort_keys=False))
     return merged
+
+
+def overlay_changes(raw: Any, before: Any, after: Any) -> Any:
+    """``raw`` (a mapping as written, defaults omitted) with the values where ``after`` differs from
+    ``before`` (both complete); mappings are compared key by key, anything else replaced whole."""
+    if not (isinstance(before, dict) and isinstance(after, dict)):
+        return after
+    out = dict(raw) if isinstance(raw, dict) else {}
+    for key, value in after.items():
+        if key not in before or before[key] != value:
+            out[key] = overlay_changes(out.get(key), before.get(key), value)
+    for key in before.keys() - after.keys():  # e.g. a labeler dropped from label.labelers
+        out.pop(key, None)
+    return out
 
 
 def _dvc() -> str:

@@ -64,11 +64,15 @@ def colorize_features(features: np.ndarray, reference: np.ndarray | None = None)
 
 
 def draw_boxes(rgb: np.ndarray, boxes: list[dict], scale: int) -> Image.Image:
+    """``rgb`` scaled up with each box's outline; a generated box may be empty or have its corners
+    swapped, so it is drawn as the (at least one pixel wide) rectangle its corners span."""
     img = Image.fromarray(rgb).resize((rgb.shape[1] * scale, rgb.shape[0] * scale), Image.NEAREST)
     draw = ImageDraw.Draw(img)
     for box in boxes:
         x0, y0, x1, y1 = (v * scale for v in box["bbox"])
-        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=BOX_COLORS.get(box["class"], (255, 0, 255)), width=2)
+        (x0, x1), (y0, y1) = sorted((x0, x1)), sorted((y0, y1))
+        corners = [x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)]
+        draw.rectangle(corners, outline=BOX_COLORS.get(box["class"], (255, 0, 255)), width=2)
     return img
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fourm.params import ParamsError
+from fourm.params import ParamsError, dump_params, load_params
 from fourm.run_workspace import (
     RunWorkspaceError,
     commit_run_ref,
@@ -101,3 +101,27 @@ def test_bad_runs_are_refused_and_leave_nothing_behind(repo: Path, tmp_path: Pat
     create_run_workspace(repo, "taken", runs)
     with pytest.raises(RunWorkspaceError, match="exists already"):
         create_run_workspace(repo, "taken", runs)
+
+
+def test_a_run_writes_only_the_params_that_differ_so_its_lock_matches_the_checkouts(
+    repo: Path, tmp_path: Path
+) -> None:
+    """DVC compares params as written. A run given the checkout's own params (as the pipeline flow
+    passes every section, complete) keeps params.yaml byte for byte; a changed run writes just its
+    changes, defaults staying implicit, so `dvc repro` in the checkout and a run record the same
+    params in dvc.lock wherever they agree."""
+    original = (repo / "params.yaml").read_text()
+    full = dump_params(load_params(repo / "params.yaml"))
+    same = create_run_workspace(repo, "same", tmp_path / "runs", {k: full[k] for k in ("pretrain", "label")})
+    assert (same.path / "params.yaml").read_text() == original
+    changed_sections = {
+        "pretrain": {**full["pretrain"], "steps": 900},
+        "tokenizers": {**full["tokenizers"], "overrides": {"rgb": {"steps": 10}}},
+    }
+    changed = create_run_workspace(repo, "changed", tmp_path / "runs", changed_sections)
+    written, base = yaml.safe_load((changed.path / "params.yaml").read_text()), yaml.safe_load(original)
+    assert written["pretrain"] == {**base["pretrain"], "steps": 900}
+    assert written["tokenizers"] == {**base["tokenizers"], "overrides": {"rgb": {"steps": 10}}}
+    assert {k: v for k, v in written.items() if k not in changed_sections} == {
+        k: v for k, v in base.items() if k not in changed_sections
+    }

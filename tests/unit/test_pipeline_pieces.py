@@ -10,6 +10,7 @@ import pytest
 from fourm.dvc_spec import dvc_stages, stage_reports, uncached_outputs
 from fourm.registry.register_stage import headline_metrics
 from fourm.reproduce import ReproduceError, fingerprint
+from fourm.run_workspace import overlay_changes
 from fourm.summary import model_lines
 from tests.conftest import REPO
 
@@ -77,3 +78,26 @@ def test_fingerprints_follow_the_stage_that_made_the_artifact(tmp_path: Path) ->
     assert fingerprint(ds) == sha256_file(ds / "dataset.json")
     with pytest.raises(ReproduceError, match="not a file, dataset, token set or tokenizer"):
         fingerprint(tmp_path)
+
+
+def test_overlay_changes_writes_only_what_differs_and_drops_removed_mapping_keys() -> None:
+    raw = {"steps": 3000, "kubernetes": {"cpu": "32"}, "labelers": {"depth": "oracle", "semseg": "oracle"}}
+    before = {
+        "steps": 3000,
+        "lr": 0.002,
+        "kubernetes": {"cpu": "32", "memory": "256Gi"},
+        "labelers": {"depth": "oracle", "semseg": "oracle"},
+        "inputs": ["rgb", "depth"],
+    }
+    after = {
+        "steps": 900, "lr": 0.002, "kubernetes": {"cpu": "32", "memory": "64Gi"},
+        "labelers": {"depth": "oracle"}, "inputs": ["rgb"],
+    }  # fmt: skip
+    out = overlay_changes(raw, before, after)
+    # unchanged values stay as written (lr stays implicit), changed ones are set, lists replaced whole
+    assert out == {
+        "steps": 900, "kubernetes": {"cpu": "32", "memory": "64Gi"}, "labelers": {"depth": "oracle"},
+        "inputs": ["rgb"],
+    }  # fmt: skip
+    assert overlay_changes(raw, before, before) == raw
+    assert raw["labelers"] == {"depth": "oracle", "semseg": "oracle"}  # the input is not modified
