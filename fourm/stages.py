@@ -12,15 +12,11 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fourm.data.generate import GenerateReport, run_generate
-from fourm.data.ingest import IngestReport
 from fourm.data.samples import DatasetInputs
 from fourm.data.token_shards import TOKENS_CARD
-from fourm.data.tokenize import TokenizeReport, run_tokenize
 from fourm.io import canonical_json, sha256_bytes, sha256_file
-from fourm.labelers.stage import LabelReport, run_label
 from fourm.modalities import get_modality
 from fourm.params import (
     EvaluateParams,
@@ -36,9 +32,17 @@ from fourm.params import (
 from fourm.registry.hooks import ArtifactSpec, dataset_artifact, file_artifact, recorded_run
 from fourm.settings import Settings, get_settings
 from fourm.tokenizers.base import CONFIG_FILE, directory_fingerprint
-from fourm.tokenizers.stage import TrainTokenizerReport, run_eval_tokenizers, run_train_tokenizer
-from fourm.tracking import make_tracker
-from fourm.validation.stage import Suite, ValidationReport, run_validate
+
+# Each stage imports its own module when it runs: a `fourm` stage command is a process of its
+# own (under DVC), and importing every stage's libraries (GX, torchmetrics, torch) for each
+# cost 4-9 s of start-up per stage.
+if TYPE_CHECKING:
+    from fourm.data.generate import GenerateReport
+    from fourm.data.ingest import IngestReport
+    from fourm.data.tokenize import TokenizeReport
+    from fourm.labelers.stage import LabelReport
+    from fourm.tokenizers.stage import TrainTokenizerReport
+    from fourm.validation.stage import Suite, ValidationReport
 
 
 def stage_name(default: str) -> str:
@@ -56,6 +60,8 @@ def _validated(out_dir: Path) -> Any:
 
 
 def generate(params: GenerateParams, out_dir: Path, settings: Settings | None = None) -> GenerateReport:
+    from fourm.data.generate import run_generate
+
     with recorded_run(settings or get_settings(), stage_name("generate"), _section(params), []) as rec:
         report = run_generate(params, out_dir)
         rec.output(dataset_artifact(out_dir, "dataset"))
@@ -97,6 +103,8 @@ def label(
     """Label (and record the label set). ``part``: only that range of raw shards, left for a
     later full run (not recorded). ``launcher: kubernetes``: the parts run as an Indexed Job
     first, then this process assembles the label set from them."""
+    from fourm.labelers.stage import run_label
+
     settings = settings or get_settings()
     if part is not None:
         return run_label(params, raw, accepted, out_dir, part=part)
@@ -123,6 +131,8 @@ def validate(
     docs_dir: Path | None = None,
     settings: Settings | None = None,
 ) -> ValidationReport:
+    from fourm.validation.stage import run_validate
+
     inputs = [dataset_artifact(dataset, "dataset" if suite == "raw" else "label set")]
     if source_manifest is not None:
         inputs.append(_validated(Path(source_manifest).parent))
@@ -181,6 +191,9 @@ def train_tokenizer(
     history_path: Path | None = None,
     settings: Settings | None = None,
 ) -> TrainTokenizerReport:
+    from fourm.tokenizers.stage import run_train_tokenizer
+    from fourm.tracking import make_tracker
+
     settings = settings or get_settings()
     section = (
         {"tokenizer": name, "text": _section(params.text)}
@@ -218,6 +231,8 @@ def eval_tokenizers(
     preview_dir: Path | None = None,
     settings: Settings | None = None,
 ) -> dict[str, Any]:
+    from fourm.tokenizers.stage import run_eval_tokenizers
+
     tokenizer_dirs = [d for d in sorted(Path(tokenizers_root).iterdir()) if (d / CONFIG_FILE).exists()]
     artifacts = _inputs_artifacts(inputs) + [
         tokenizer_artifact(d, f"tokenizer-{d.name}") for d in tokenizer_dirs
@@ -241,6 +256,8 @@ def tokenize(
     """Tokenize (and record the token set). ``part``: only that range of source shards, published
     for a later full run (not recorded). ``launcher: kubernetes``: the parts run as an Indexed
     Job first, then this process assembles the set from them."""
+    from fourm.data.tokenize import run_tokenize
+
     settings = settings or get_settings()
     names = sorted({get_modality(m).tokenizer_name for m in params.modalities})
     artifacts = _inputs_artifacts(inputs) + [

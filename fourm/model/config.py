@@ -41,6 +41,9 @@ class ModelConfig:
     norm_eps: float = 1e-6
     patch_size: int = 8  # pixels per side of an rgb_patches token (64x64 images on an 8x8 grid)
     size: str = "custom"
+    # (modality, vocabulary) pairs smaller than the registry's: a trained tokenizer that uses fewer
+    # ids than its modality allows (fourm.train.data.fit_vocabularies) gets tables and heads its size
+    vocab_overrides: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.dim % self.heads:
@@ -55,6 +58,12 @@ class ModelConfig:
                 raise ValueError(f"{name!r} (pixel patches) can be an input only")
         if len(set(self.inputs)) != len(self.inputs) or len(set(self.targets)) != len(self.targets):
             raise ValueError(f"duplicate modality in inputs {self.inputs} or targets {self.targets}")
+        for name, size in self.vocab_overrides:
+            if name not in self.modalities:
+                raise ValueError(f"vocab override for {name!r}, which is not a modality of this model")
+            registry = get_modality(name).vocab_size
+            if not 0 < size <= registry:
+                raise ValueError(f"vocab override {name}={size} is outside 1..{registry} (the registry's)")
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -72,7 +81,8 @@ class ModelConfig:
         return int(2 * hidden / 3) if self.feed_forward == "swiglu" else hidden
 
     def vocab_size(self, name: str) -> int:
-        return get_modality(name).vocab_size
+        """Token ids of ``name`` the model embeds and predicts: the registry's, unless overridden."""
+        return dict(self.vocab_overrides).get(name, get_modality(name).vocab_size)
 
     def num_tokens(self, name: str) -> int:
         """Positions per sample: grid² for image-like modalities, max_length for sequences."""
@@ -81,12 +91,14 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["inputs"], d["targets"] = list(self.inputs), list(self.targets)
+        d["vocab_overrides"] = [list(pair) for pair in self.vocab_overrides]
         return d
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> ModelConfig:
         d = dict(d)
         d["inputs"], d["targets"] = tuple(d["inputs"]), tuple(d["targets"])
+        d["vocab_overrides"] = tuple((str(n), int(v)) for n, v in d.get("vocab_overrides", ()))
         return ModelConfig(**d)
 
     def describe_difference(self, other: ModelConfig) -> list[str]:

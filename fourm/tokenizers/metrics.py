@@ -10,18 +10,15 @@ import math
 
 import numpy as np
 import torch
-from torchmetrics.functional.classification import (
-    binary_f1_score,
-    binary_precision,
-    binary_recall,
-    multiclass_accuracy,
-    multiclass_jaccard_index,
-)
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+# torchmetrics is imported where it is used: importing it takes ~3 s, which every tokenizer
+# training process paid for metrics only the evaluation computes.
 
 
 def rgb_metrics(target: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """PSNR (dB) and SSIM of uint8 images (B, H, W, 3), over the whole set."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
     t = torch.from_numpy(target).permute(0, 3, 1, 2).float()
     p = torch.from_numpy(pred).permute(0, 3, 1, 2).float()
     return {
@@ -56,6 +53,8 @@ def normal_metrics(target: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 
 def semseg_metrics(target: np.ndarray, pred: np.ndarray, num_classes: int) -> dict[str, float]:
     """Mean IoU over classes present in target or prediction, and pixel accuracy."""
+    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_jaccard_index
+
     t = torch.from_numpy(target.astype(np.int64)).flatten()
     p = torch.from_numpy(pred.astype(np.int64)).flatten()
     return {
@@ -66,6 +65,8 @@ def semseg_metrics(target: np.ndarray, pred: np.ndarray, num_classes: int) -> di
 
 def edge_metrics(target: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """Precision, recall and F1 of edge pixels, and pixel accuracy, of 0/1 maps (B, H, W)."""
+    from torchmetrics.functional.classification import binary_f1_score, binary_precision, binary_recall
+
     t = torch.from_numpy(target.astype(np.int64)).flatten()
     p = torch.from_numpy(pred.astype(np.int64)).flatten()
     return {

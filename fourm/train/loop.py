@@ -39,6 +39,7 @@ from fourm.train.data import (
     IncompatibleError,
     TrainBatches,
     check_compatible,
+    fit_vocabularies,
     masking_config,
     unigram_baseline,
     validation_batches,
@@ -133,6 +134,7 @@ def train_4m(
     tracker = tracker or NullTracker()
     config = config_from_params(params)
     tokenizers = check_compatible(token_set, config)
+    config = fit_vocabularies(config, token_set)
     if params.batch_size % (info.world_size * params.grad_accum):
         raise IncompatibleError(
             f"pretrain.batch_size {params.batch_size} is not divisible by {info.world_size} processes "
