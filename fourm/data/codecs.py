@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import zlib
 from typing import Any
 
@@ -59,6 +60,19 @@ def encode(modality: str, value: Any) -> bytes:
     return json.dumps(value, sort_keys=True).encode("utf-8")
 
 
+# CPython 3.11's AST constructor keeps its recursion depth in state shared between threads,
+# so np.load's header parse (ast.literal_eval) in two threads at once can fail with a spurious
+# "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905). The token
+# loader reads shards in a thread pool, so every .npy parse goes through this lock.
+_NPY_PARSE = threading.Lock()
+
+
+def load_npy(data: bytes) -> np.ndarray:
+    """A .npy array from bytes (no pickles), safe to call from several threads."""
+    with _NPY_PARSE:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+
+
 def decode(modality: str, data: bytes) -> Any:
     """Inverse of ``encode``; raises ``DecodeError`` on corrupt bytes."""
     ext = EXTENSIONS[modality]
@@ -68,9 +82,9 @@ def decode(modality: str, data: bytes) -> Any:
                 im.load()
                 return np.asarray(im)
         if ext == "npy":
-            return np.load(io.BytesIO(data), allow_pickle=False)
+            return load_npy(data)
         if ext == "npy.zlib":
-            return np.load(io.BytesIO(zlib.decompress(data)), allow_pickle=False)
+            return load_npy(zlib.decompress(data))
         if ext == "txt":
             return data.decode("utf-8")
         return json.loads(data)

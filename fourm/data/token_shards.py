@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fourm.data.codecs import load_npy
 from fourm.data.format import DatasetError, LocalSource, Source
 from fourm.io import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
 
@@ -319,7 +320,7 @@ class TokenSetWriter:
 
 def _parse_npy(data: bytes, where: str) -> np.ndarray:
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        return load_npy(data)
     except (ValueError, OSError, EOFError) as err:
         raise TokenSetError(f"{where}: not a readable .npy array: {err}") from None
 

@@ -238,3 +238,19 @@ def test_interleaved_ranks_share_global_batches(token_set: Path) -> None:
     for whole, (a, b) in zip(one, two, strict=True):
         assert sorted(whole) == sorted(a + b)
     assert flat(one) != sorted(flat(one))  # shuffled
+
+
+def test_shard_reads_parse_npy_under_the_shared_lock(token_set: Path) -> None:
+    """The loader reads shards in threads; every .npy parse must take codecs' lock (CPython
+    3.11's AST parser, which np.load uses for headers, is not safe in two threads at once)."""
+    import threading
+
+    from fourm.data import codecs
+
+    loader = StreamLoader(TokenStream(token_set, "train", batch_size=4, seed=0))
+    done = threading.Event()
+    reader = threading.Thread(target=lambda: (next(iter(loader)), done.set()), daemon=True)
+    with codecs._NPY_PARSE:
+        reader.start()
+        assert not done.wait(0.5), "a shard was parsed without the .npy lock"
+    assert done.wait(30)
