@@ -7,7 +7,9 @@ UI renders a form), written to its params.yaml, and a DVC cache shared with the
 checkout. Each task runs one stage with ``dvc repro --single-item`` there, so DVC
 decides what is skipped or restored from the cache, streams the stage's output to
 the Prefect run log and publishes its report as artifacts (a failed validation
-publishes the failure's). Then ``dvc push`` stores the outputs in the S3 remote,
+publishes the failure's). A stage starts once the stages it reads from are done;
+independent ones (the tokenizers) run side by side, ``pipeline_parallel_stages`` at a
+time, sharing the cores (``fourm.stage_schedule``). Then ``dvc push`` stores the outputs in the S3 remote,
 params.yaml + dvc.lock + the reports are committed to ``refs/fourm-runs/<run>``,
 and the registered model version is tagged with that ref (``fourm reproduce``
 rebuilds it from there). Two runs share nothing but the cache and the registry.
@@ -30,6 +32,7 @@ from typing import Any
 import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
@@ -45,7 +48,7 @@ from flows.artifacts import (
 from flows.retries import retry_only_on
 from fourm.cli import TRANSIENT_EXIT
 from fourm.data.ingest import QUARANTINE
-from fourm.dvc_spec import dvc_stages, stage_outputs, stage_plots, stage_reports
+from fourm.dvc_spec import dvc_stages, stage_outputs, stage_plots, stage_reports, stage_upstreams
 from fourm.io import canonical_json, sha256_bytes
 from fourm.params import (
     EvaluateParams,
@@ -65,6 +68,7 @@ from fourm.registry.api import Registry
 from fourm.registry.hooks import FLOW_RUN_ENV
 from fourm.run_workspace import RunWorkspace, commit_run_ref, create_run_workspace, stage_env
 from fourm.settings import get_settings
+from fourm.stage_schedule import StageScheduler, thread_env
 from fourm.summary import model_lines, pipeline_summary, validation_line
 from fourm.validation.stage import failure_report_path
 
@@ -109,15 +113,32 @@ def _default(name: str) -> Any:
     return sections_of(_DEFAULTS)[name]
 
 
-def _env(workspace: Path) -> dict[str, str]:
+def _env(workspace: Path, threads: int | None = None) -> dict[str, str]:
     # the stages record which flow run they belong to with their registry run
-    return {**stage_env(workspace, get_settings().home_dir), FLOW_RUN_ENV: str(flow_run.id or "")}
+    return {
+        **stage_env(workspace, get_settings().home_dir),
+        FLOW_RUN_ENV: str(flow_run.id or ""),
+        **thread_env(threads),
+    }
+
+
+def _read_lock(ws: Path, attempts: int = 20) -> dict[str, Any]:
+    """The workspace's dvc.lock; a stage running beside this one may be rewriting it (not atomically)."""
+    for attempt in range(attempts):
+        try:
+            lock = yaml.safe_load((ws / "dvc.lock").read_text()) if (ws / "dvc.lock").exists() else {}
+            if isinstance(lock, dict):
+                return lock
+        except yaml.YAMLError:
+            if attempt == attempts - 1:
+                raise
+        time.sleep(0.1)
+    return {}
 
 
 def _record_lock_entry(ws: Path, stage: str) -> None:
     """Attach the stage's dvc.lock entry hash to the registry run this flow run made."""
-    lock = yaml.safe_load((ws / "dvc.lock").read_text()) if (ws / "dvc.lock").exists() else {}
-    entry = (lock.get("stages") or {}).get(stage)
+    entry = (_read_lock(ws).get("stages") or {}).get(stage)
     if entry is None or not flow_run.id:
         return
     registry = Registry(get_settings().effective_registry_url)
@@ -127,13 +148,13 @@ def _record_lock_entry(ws: Path, stage: str) -> None:
         registry.close()
 
 
-def _stream(cmd: list[str], cwd: Path) -> tuple[int, list[str]]:
+def _stream(cmd: list[str], cwd: Path, threads: int | None = None) -> tuple[int, list[str]]:
     """Run ``cmd``, sending each output line to the Prefect run log as it arrives."""
     logger = get_run_logger()
-    logger.info("$ %s", " ".join(cmd))
+    logger.info("$ %s%s", " ".join(cmd), f"  ({threads} threads)" if threads else "")
     lines: list[str] = []
     with subprocess.Popen(
-        cmd, cwd=cwd, env=_env(cwd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        cmd, cwd=cwd, env=_env(cwd, threads), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -162,11 +183,17 @@ def _publish(report: dict[str, Any], stage: str, report_path: Path | None = None
     retry_delay_seconds=[10, 60],
     retry_condition_fn=retry_only_on(TransientStageFailure),
 )
-def run_stage(stage: str, workspace: str, report: str | None) -> dict[str, Any] | None:
-    """Reproduce one DVC stage; publish its report (or the failure's) as artifacts."""
+def run_stage(
+    stage: str, workspace: str, report: str | None, threads: int | None = None
+) -> dict[str, Any] | None:
+    """Reproduce one DVC stage; publish its report (or the failure's) as artifacts.
+
+    ``threads`` caps the stage's torch/MKL threads while other stages run beside it.
+    ``--wait-for-lock``: DVC holds the workspace lock while it starts and records a stage
+    (not while the command runs), so a stage beside this one waits its turn for those."""
     ws = Path(workspace)
     started = time.time()
-    code, lines = _stream(["dvc", "repro", "--single-item", stage], ws)
+    code, lines = _stream(["dvc", "--wait-for-lock", "repro", "--single-item", stage], ws, threads)
     if code != 0:
         failed = failure_report_path(ws / report) if report else None
         if failed is not None and failed.exists() and failed.stat().st_mtime >= started:
@@ -225,6 +252,39 @@ def commit_and_tag(ws: RunWorkspace) -> dict[str, Any]:
     return {**registered, "git_ref": ws.ref, "git_commit": sha, "version_git_ref": version.tags["git_ref"]}
 
 
+def _cores() -> int:
+    """CPUs this process may use (its affinity mask, which containers set), not the host's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def run_stages(workspace: Path, reports: dict[str, Path | None], slots: int) -> None:
+    """Run every stage, each once its upstream stages are done, up to ``slots`` at a time.
+
+    A failed stage stops new ones from starting; those running finish, then its error is raised."""
+    upstreams = stage_upstreams(workspace)
+    scheduler = StageScheduler(
+        {s: [u for u in upstreams[s] if u in reports] for s in reports}, slots, _cores()
+    )
+    running: dict[PrefectFuture, str] = {}
+    error: BaseException | None = None
+    while not scheduler.finished:
+        for stage, threads in scheduler.launches():
+            report = reports[stage]
+            future = run_stage.submit(stage, str(workspace), str(report) if report else None, threads)
+            running[future] = stage
+        future = next(as_completed(list(running)))
+        stage = running.pop(future)
+        try:
+            future.result()
+        except BaseException as err:  # noqa: BLE001 - re-raised below, after the running stages end
+            error = error or err
+            scheduler.finish(stage, ok=False)
+        else:
+            scheduler.finish(stage, ok=True)
+    if error is not None:
+        raise error
+
+
 def default_run_name() -> str:
     """UTC time and the flow run's id: sortable, unique, a valid git ref component."""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
@@ -261,8 +321,7 @@ def pipeline(
     )
     print(f"run {ws.name}: workspace {ws.path} (commit {ws.base_commit[:12]})")
     reports = stage_reports(ws.path)
-    for stage, report in reports.items():
-        run_stage(stage, str(ws.path), str(report) if report else None)
+    run_stages(ws.path, reports, settings.pipeline_parallel_stages)
     if push_to_remote:
         push(str(ws.path))
     registered = commit_and_tag(ws)

@@ -1,4 +1,4 @@
-"""dvc.yaml read as data: its stages in file order, their reports, plots and outputs.
+"""dvc.yaml read as data: its stages in file order, their reports, plots, outputs and upstreams.
 
 ``foreach`` stages are expanded to ``name@item`` as DVC names them, including a
 ``foreach`` over a params.yaml list (``${section.key}``).
@@ -54,6 +54,36 @@ def stage_outputs(stage: dict[str, Any]) -> list[Path]:
     return _paths(stage.get("outs"))
 
 
+def _produced(stage: dict[str, Any]) -> list[Path]:
+    """Every path a stage writes: its ``outs``, ``metrics`` and ``plots``."""
+    return [p for key in ("outs", "metrics", "plots") for p in _paths(stage.get(key))]
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+def stage_upstreams(workspace: Path) -> dict[str, list[str]]:
+    """Stage name -> the stages whose outputs it reads, in file order.
+
+    A dependency on an output, a file inside one or a directory holding one makes the
+    producing stage upstream (``data/labels_validated/manifest.parquet`` depends on the
+    stage writing ``data/labels_validated``). Stages with no path between them may run at
+    the same time (DVC locks only the paths each one reads and writes).
+    """
+    stages = dvc_stages(workspace)
+    produced = {name: _produced(stage) for name, stage in stages.items()}
+    upstreams: dict[str, list[str]] = {}
+    for name, stage in stages.items():
+        deps = _paths(stage.get("deps"))
+        upstreams[name] = [
+            other
+            for other, outs in produced.items()
+            if other != name and any(_overlaps(d, o) for d in deps for o in outs)
+        ]
+    return upstreams
+
+
 def stage_plots(workspace: Path) -> dict[str, list[Path]]:
     """Stage name -> its plots files from dvc.yaml."""
     return {name: _paths(stage.get("plots")) for name, stage in dvc_stages(workspace).items()}
@@ -64,6 +94,24 @@ def stage_reports(workspace: Path) -> dict[str, Path | None]:
     return {
         name: next(iter(_paths(stage.get("metrics"))), None) for name, stage in dvc_stages(workspace).items()
     }
+
+
+def ignored_outputs(workspace: Path) -> dict[Path, list[str]]:
+    """The .gitignore entries DVC writes for the cached outputs: file -> ``/name`` lines, in file order.
+
+    DVC keeps every cached output out of git with a ``/<name>`` line in the .gitignore of
+    the directory holding it; ``metrics`` and ``plots`` are cached unless ``cache: false``."""
+    entries: dict[Path, list[str]] = {}
+    for stage in dvc_stages(workspace).values():
+        for key in ("outs", "metrics", "plots"):
+            for entry in stage.get(key) or []:
+                path, opts = next(iter(entry.items())) if isinstance(entry, dict) else (entry, None)
+                if (opts or {}).get("cache", True) is not False:
+                    out = Path(path)
+                    lines = entries.setdefault(out.parent / ".gitignore", [])
+                    if f"/{out.name}" not in lines:
+                        lines.append(f"/{out.name}")
+    return entries
 
 
 def uncached_outputs(workspace: Path) -> list[Path]:

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from fourm.dvc_spec import uncached_outputs
+from fourm.dvc_spec import ignored_outputs, uncached_outputs
 from fourm.params import dump_params, parse_params
 
 REF_PREFIX = "refs/fourm-runs/"
@@ -106,6 +106,20 @@ def overlay_changes(raw: Any, before: Any, after: Any) -> Any:
     return out
 
 
+def write_dvc_ignores(workspace: Path) -> None:
+    """Write DVC's .gitignore line for every cached output now, in dvc.yaml order.
+
+    DVC adds an output's line when the stage making it finishes. Stages running side by
+    side finish in either order, so two runs' refs would differ in those files."""
+    for gitignore, entries in ignored_outputs(workspace).items():
+        path = workspace / gitignore
+        lines = path.read_text().splitlines() if path.exists() else []
+        missing = [e for e in entries if e not in lines]
+        if missing:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(f"{line}\n" for line in lines + missing))
+
+
 def _dvc() -> str:
     from fourm.services import find_executable
 
@@ -149,6 +163,7 @@ def create_run_workspace(
             raise RunWorkspaceError(f"{path}: dvc config cache.dir failed: {proc.stderr.strip()}")
         if params:
             write_run_params(path, params)
+        write_dvc_ignores(path)
     except Exception:
         remove_run_workspace(RunWorkspace(name, path, repo, base_commit))
         raise

@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     )
 
     home: Path = Field(Path(".fourm"), description="Working state: services, caches, the registry.")
+    pipeline_parallel_stages: int = Field(
+        2,
+        ge=1,
+        description="DVC stages a pipeline run executes at once where the DAG allows (the tokenizers); "
+        "each gets cores / N threads. 1 runs them one by one.",
+    )
     s3_endpoint: str = "http://127.0.0.1:8333"
     s3_access_key: str = "fourm"
     s3_secret_key: SecretStr = SecretStr("fourm-local-secret")

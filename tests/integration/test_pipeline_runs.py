@@ -71,6 +71,16 @@ def _git(ws: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=ws, capture_output=True, text=True, check=True).stdout
 
 
+def _task_run_spans(flow_run_id) -> dict[str, tuple[Any, Any]]:  # noqa: ANN001
+    """Task run name -> (start, end) of a flow run's task runs, from the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name: (r.start_time, r.end_time) for r in runs if r.start_time and r.end_time}
+
+
 def test_two_concurrent_runs_complete_with_their_own_refs(prefect_server: None, project) -> None:  # noqa: ANN001
     """Two runs at once (two threads, as a served deployment runs two flow runs), different learning rates."""
     from flows.pipeline import pipeline
@@ -155,6 +165,14 @@ def test_two_concurrent_runs_complete_with_their_own_refs(prefect_server: None, 
     assert "gallery: " in summary and "reproduce: fourm reproduce fourm-test:" in summary
     assert any("Running stage 'pretrain'" in m for m in logs)
     assert any("pushed" in m for m in logs)
+
+    # independent stages ran side by side on a share of the cores; the DAG's order held
+    spans = _task_run_spans(states["lr-a"].state_details.flow_run_id)
+    (rgb_start, rgb_end), (depth_start, depth_end) = spans["train-tokenizer@rgb"], spans["train-tokenizer@depth"]
+    assert rgb_start < depth_end and depth_start < rgb_end
+    assert spans["validate-labels"][1] <= min(rgb_start, depth_start)
+    assert spans["pretrain"][0] >= max(spans[f"train-tokenizer@{m}"][1] for m in ("rgb", "depth", "normal"))
+    assert any("repro --single-item train-tokenizer@rgb  (" in m and " threads)" in m for m in logs)
 
 
 def test_failed_stage_fails_the_run_then_a_fixed_run_reuses_every_output(

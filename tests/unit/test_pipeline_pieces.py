@@ -101,3 +101,24 @@ def test_overlay_changes_writes_only_what_differs_and_drops_removed_mapping_keys
     }  # fmt: skip
     assert overlay_changes(raw, before, before) == raw
     assert raw["labelers"] == {"depth": "oracle", "semseg": "oracle"}  # the input is not modified
+
+
+def test_dvc_ignore_lines_are_written_up_front_in_file_order(tmp_path: Path) -> None:
+    from fourm.dvc_spec import ignored_outputs
+    from fourm.run_workspace import write_dvc_ignores
+
+    # the lines DVC itself wrote for main's committed run, in the same order
+    for gitignore, lines in ignored_outputs(REPO).items():
+        assert (REPO / gitignore).read_text().splitlines() == lines, gitignore
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n"
+        "  a: {cmd: x, outs: [data/b, data/a], metrics: [{reports/a.json: {cache: false}}]}\n"
+        "  c: {cmd: x, outs: [data/c/deep], plots: [reports/c.png]}\n"
+    )
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / ".gitignore").write_text("/a\n/kept")  # a line already there stays first
+    write_dvc_ignores(tmp_path)
+    write_dvc_ignores(tmp_path)  # idempotent
+    assert (tmp_path / "data" / ".gitignore").read_text() == "/a\n/kept\n/b\n"
+    assert (tmp_path / "data" / "c" / ".gitignore").read_text() == "/deep\n"
+    assert (tmp_path / "reports" / ".gitignore").read_text() == "/c.png\n"  # uncached a.json: not ignored
