@@ -154,7 +154,13 @@ def _stream(cmd: list[str], cwd: Path, threads: int | None = None) -> tuple[int,
     logger.info("$ %s%s", " ".join(cmd), f"  ({threads} threads)" if threads else "")
     lines: list[str] = []
     with subprocess.Popen(
-        cmd, cwd=cwd, env=_env(cwd, threads), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        cmd,
+        cwd=cwd,
+        env=_env(cwd, threads),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
     ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
