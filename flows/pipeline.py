@@ -122,18 +122,14 @@ def _env(workspace: Path, threads: int | None = None) -> dict[str, str]:
     }
 
 
-def _read_lock(ws: Path, attempts: int = 20) -> dict[str, Any]:
-    """The workspace's dvc.lock; a stage running beside this one may be rewriting it (not atomically)."""
-    for attempt in range(attempts):
-        try:
-            lock = yaml.safe_load((ws / "dvc.lock").read_text()) if (ws / "dvc.lock").exists() else {}
-            if isinstance(lock, dict):
-                return lock
-        except yaml.YAMLError:
-            if attempt == attempts - 1:
-                raise
-        time.sleep(0.1)
-    return {}
+def _read_lock(ws: Path) -> dict[str, Any]:
+    """The workspace's dvc.lock, read under DVC's workspace lock: a stage running beside this one
+    rewrites the file (in place) when it finishes, holding that lock."""
+    from dvc.repo import Repo
+
+    with Repo(str(ws), _wait_for_lock=True) as repo, repo.lock:
+        path = ws / "dvc.lock"
+        return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
 
 
 def _record_lock_entry(ws: Path, stage: str) -> None:
