@@ -57,3 +57,13 @@ def test_cli_prints_settings_without_secret(tmp_path: Path) -> None:
     )
     assert "very-secret-string" not in proc.stdout + proc.stderr
     assert "s3_secret_key" in proc.stdout and "**********" in proc.stdout
+
+
+def test_parallel_stages_default_two_and_refuse_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    monkeypatch.delenv("FOURM_PIPELINE_PARALLEL_STAGES", raising=False)
+    assert Settings().pipeline_parallel_stages == 2
+    monkeypatch.setenv("FOURM_PIPELINE_PARALLEL_STAGES", "0")
+    with pytest.raises(ValidationError, match="pipeline_parallel_stages"):
+        Settings()
