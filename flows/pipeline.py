@@ -66,7 +66,14 @@ from fourm.params import (
 )
 from fourm.registry.api import Registry
 from fourm.registry.hooks import FLOW_RUN_ENV
-from fourm.run_workspace import RunWorkspace, commit_run_ref, create_run_workspace, stage_env
+from fourm.run_workspace import (
+    RunWorkspace,
+    commit_run_ref,
+    create_run_workspace,
+    order_lock_stages,
+    stage_env,
+    write_dvc_ignores,
+)
 from fourm.settings import get_settings
 from fourm.stage_schedule import StageScheduler, thread_env
 from fourm.summary import model_lines, pipeline_summary, validation_line
@@ -262,7 +269,10 @@ def _cores() -> int:
 def run_stages(workspace: Path, reports: dict[str, Path | None], slots: int) -> None:
     """Run every stage, each once its upstream stages are done, up to ``slots`` at a time.
 
-    A failed stage stops new ones from starting; those running finish, then its error is raised."""
+    A failed stage stops new ones from starting; those running finish, then its error is raised.
+    DVC's .gitignore lines and dvc.lock's entries are put in dvc.yaml order, not finishing order,
+    so a run's ref does not depend on which of two stages side by side ended first."""
+    write_dvc_ignores(workspace)
     upstreams = stage_upstreams(workspace)
     scheduler = StageScheduler(
         {s: [u for u in upstreams[s] if u in reports] for s in reports}, slots, _cores()
@@ -285,6 +295,7 @@ def run_stages(workspace: Path, reports: dict[str, Path | None], slots: int) -> 
             scheduler.finish(stage, ok=True)
     if error is not None:
         raise error
+    order_lock_stages(workspace)
 
 
 def default_run_name() -> str:

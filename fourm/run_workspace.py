@@ -26,7 +26,8 @@ from typing import Any
 
 import yaml
 
-from fourm.dvc_spec import ignored_outputs, uncached_outputs
+from fourm.dvc_spec import dvc_stages, ignored_outputs, uncached_outputs
+from fourm.io import atomic_write_bytes
 from fourm.params import dump_params, parse_params
 
 REF_PREFIX = "refs/fourm-runs/"
@@ -120,6 +121,34 @@ def write_dvc_ignores(workspace: Path) -> None:
             path.write_text("".join(f"{line}\n" for line in lines + missing))
 
 
+_LOCK_STAGE = re.compile(r"^  (\S[^:]*):\s*$")  # a stage entry's first line in dvc.lock
+
+
+def order_lock_stages(workspace: Path) -> None:
+    """Put dvc.lock's stage entries in dvc.yaml order, each entry's text kept as DVC wrote it.
+
+    DVC appends a stage's entry when the stage first finishes, so stages side by side
+    leave them in finishing order; two runs' refs would differ in it. Call it while no
+    stage runs (DVC rewrites the file as each stage ends)."""
+    path = workspace / "dvc.lock"
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if _LOCK_STAGE.match(line)]
+    if not starts:
+        return
+    head = lines[: starts[0]]
+    blocks = {
+        _LOCK_STAGE.match(lines[i]).group(1): lines[i:end]  # type: ignore[union-attr]
+        for i, end in zip(starts, [*starts[1:], len(lines)], strict=True)
+    }
+    rank = {name: k for k, name in enumerate(dvc_stages(workspace))}
+    names = sorted(blocks, key=lambda n: (rank.get(n, len(rank)), list(blocks).index(n)))
+    text = "".join(head + [line for n in names for line in blocks[n]])
+    if text != path.read_text():
+        atomic_write_bytes(path, text.encode())
+
+
 def _dvc() -> str:
     from fourm.services import find_executable
 
@@ -163,7 +192,6 @@ def create_run_workspace(
             raise RunWorkspaceError(f"{path}: dvc config cache.dir failed: {proc.stderr.strip()}")
         if params:
             write_run_params(path, params)
-        write_dvc_ignores(path)
     except Exception:
         remove_run_workspace(RunWorkspace(name, path, repo, base_commit))
         raise

@@ -122,3 +122,38 @@ def test_dvc_ignore_lines_are_written_up_front_in_file_order(tmp_path: Path) -> 
     assert (tmp_path / "data" / ".gitignore").read_text() == "/a\n/kept\n/b\n"
     assert (tmp_path / "data" / "c" / ".gitignore").read_text() == "/deep\n"
     assert (tmp_path / "reports" / ".gitignore").read_text() == "/c.png\n"  # uncached a.json: not ignored
+
+
+def test_lock_entries_are_put_in_dvc_yaml_order_with_their_text_kept(tmp_path: Path) -> None:
+    import shutil
+
+    import yaml
+
+    from fourm.run_workspace import order_lock_stages
+
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    text = (REPO / "dvc.lock").read_text()
+    # finishing order: depth before rgb, tokenize before eval-tokenizers, an old stage in between
+    lock = yaml.safe_load(text)
+    names = list(lock["stages"])
+    i, j = names.index("train-tokenizer@rgb"), names.index("train-tokenizer@depth")
+    names[i], names[j] = names[j], names[i]
+    names.insert(2, "retired")
+    lines = text.splitlines(keepends=True)
+    starts = [k for k, line in enumerate(lines) if line.startswith("  ") and not line.startswith("   ")]
+    ends = [*starts[1:], len(lines)]
+    by_name = {lines[a].strip().rstrip(":"): lines[a:b] for a, b in zip(starts, ends, strict=True)}
+    by_name["retired"] = ["  retired:\n", "    cmd: old\n"]
+    shuffled = "".join(lines[: starts[0]] + [line for n in names for line in by_name[n]])
+    (tmp_path / "dvc.lock").write_text(shuffled)
+    order_lock_stages(tmp_path)
+    ordered = (tmp_path / "dvc.lock").read_text()
+    result = yaml.safe_load(ordered)
+    expected = [s for s in dvc_stages(tmp_path) if s in lock["stages"]] + ["retired"]
+    assert list(result["stages"]) == expected
+    assert {k: v for k, v in result["stages"].items() if k != "retired"} == lock["stages"]
+    assert sorted(ordered.splitlines()) == sorted(shuffled.splitlines())  # the same lines, moved
+    before = (tmp_path / "dvc.lock").stat().st_mtime_ns
+    order_lock_stages(tmp_path)  # already in order: not rewritten
+    assert (tmp_path / "dvc.lock").stat().st_mtime_ns == before
