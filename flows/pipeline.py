@@ -9,8 +9,8 @@ decides what is skipped or restored from the cache, streams the stage's output t
 the Prefect run log and publishes its report as artifacts (a failed validation
 publishes the failure's). A stage starts once the stages it reads from are done;
 independent ones (the tokenizers) run side by side, ``pipeline_parallel_stages`` at a
-time, sharing the cores (``fourm.stage_schedule``). Then ``dvc push`` stores the outputs in the S3 remote,
-params.yaml + dvc.lock + the reports are committed to ``refs/fourm-runs/<run>``,
+time, sharing the cores (``fourm.stage_schedule``). Then ``dvc push`` stores the
+outputs in the S3 remote, params.yaml + dvc.lock + the reports are committed to ``refs/fourm-runs/<run>``,
 and the registered model version is tagged with that ref (``fourm reproduce``
 rebuilds it from there). Two runs share nothing but the cache and the registry.
 

@@ -54,9 +54,14 @@ def stage_outputs(stage: dict[str, Any]) -> list[Path]:
     return _paths(stage.get("outs"))
 
 
-def _produced(stage: dict[str, Any]) -> list[Path]:
-    """Every path a stage writes: its ``outs``, ``metrics`` and ``plots``."""
-    return [p for key in ("outs", "metrics", "plots") for p in _paths(stage.get(key))]
+def _written(stage: dict[str, Any]) -> list[tuple[Path, bool]]:
+    """Every path a stage writes (``outs``, ``metrics``, ``plots``) and whether DVC caches it."""
+    found = []
+    for key in ("outs", "metrics", "plots"):
+        for entry in stage.get(key) or []:
+            path, opts = next(iter(entry.items())) if isinstance(entry, dict) else (entry, None)
+            found.append((Path(path), (opts or {}).get("cache", True) is not False))
+    return found
 
 
 def _overlaps(a: Path, b: Path) -> bool:
@@ -72,7 +77,7 @@ def stage_upstreams(workspace: Path) -> dict[str, list[str]]:
     the same time (DVC locks only the paths each one reads and writes).
     """
     stages = dvc_stages(workspace)
-    produced = {name: _produced(stage) for name, stage in stages.items()}
+    produced = {name: [p for p, _ in _written(stage)] for name, stage in stages.items()}
     upstreams: dict[str, list[str]] = {}
     for name, stage in stages.items():
         deps = _paths(stage.get("deps"))
@@ -103,25 +108,14 @@ def ignored_outputs(workspace: Path) -> dict[Path, list[str]]:
     the directory holding it; ``metrics`` and ``plots`` are cached unless ``cache: false``."""
     entries: dict[Path, list[str]] = {}
     for stage in dvc_stages(workspace).values():
-        for key in ("outs", "metrics", "plots"):
-            for entry in stage.get(key) or []:
-                path, opts = next(iter(entry.items())) if isinstance(entry, dict) else (entry, None)
-                if (opts or {}).get("cache", True) is not False:
-                    out = Path(path)
-                    lines = entries.setdefault(out.parent / ".gitignore", [])
-                    if f"/{out.name}" not in lines:
-                        lines.append(f"/{out.name}")
-    return entries
+        for out, cached in _written(stage):
+            lines = entries.setdefault(out.parent / ".gitignore", [])
+            if cached and f"/{out.name}" not in lines:
+                lines.append(f"/{out.name}")
+    return {path: lines for path, lines in entries.items() if lines}
 
 
 def uncached_outputs(workspace: Path) -> list[Path]:
     """Every ``cache: false`` output, metric and plot: they live in git, not in the DVC cache."""
-    found: list[Path] = []
-    for stage in dvc_stages(workspace).values():
-        for key in ("outs", "metrics", "plots"):
-            for entry in stage.get(key) or []:
-                if isinstance(entry, dict):
-                    path, opts = next(iter(entry.items()))
-                    if (opts or {}).get("cache", True) is False:
-                        found.append(Path(path))
+    found = [p for stage in dvc_stages(workspace).values() for p, cached in _written(stage) if not cached]
     return list(dict.fromkeys(found))

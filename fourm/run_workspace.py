@@ -143,7 +143,7 @@ def order_lock_stages(workspace: Path) -> None:
         for i, end in zip(starts, [*starts[1:], len(lines)], strict=True)
     }
     rank = {name: k for k, name in enumerate(dvc_stages(workspace))}
-    names = sorted(blocks, key=lambda n: (rank.get(n, len(rank)), list(blocks).index(n)))
+    names = sorted(blocks, key=lambda n: rank.get(n, len(rank)))  # stable: unknown ones keep their order
     text = "".join(head + [line for n in names for line in blocks[n]])
     if text != path.read_text():
         atomic_write_bytes(path, text.encode())
