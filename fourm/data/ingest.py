@@ -6,7 +6,7 @@ and ``caption`` (text, possibly empty), the same manifest columns and card
 fields, so validate -> label -> tokenizers read it the same way. Beside it,
 ``quarantine.json`` lists every rejected input with the rule it broke.
 
-Sources
+Sources (``fourm/data/ingest_sources.py``)
     * a local folder of images (``.jpg .jpeg .png .webp``, any depth), walked in
       sorted path order; hidden files and folders (``.DS_Store``, ``._x.jpg``) are
       skipped. Captions: a sidecar ``<stem>.txt`` next to the image.
@@ -64,45 +64,45 @@ rule; the output directory is written all or nothing (``atomic_output_dir``).
 
 from __future__ import annotations
 
-import csv
-import glob
 import io
-import json
-import os
-import posixpath
-import tarfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from fourm.data import codecs
 from fourm.data.format import DatasetWriter
+from fourm.data.ingest_sources import (
+    Candidate,
+    IngestError,
+    SourceState,
+    is_glob,
+    load_caption_mapping,
+    open_source,
+)
 from fourm.io import atomic_output_dir, atomic_write_json, sha256_bytes, sha256_file
 from fourm.params import IngestParams, SplitFractions
-from fourm.progress import StepProgress, track
+
+__all__ = [
+    "QUARANTINE",
+    "IngestError",
+    "IngestReport",
+    "image_id",
+    "prepare_image",
+    "run_ingest",
+    "split_of_id",
+]
 
 INGEST_MODALITIES = ("rgb", "caption")
-IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp"})
-CAPTION_EXTENSIONS = ("txt", "caption")  # tar caption members, in order of preference
 QUARANTINE = "quarantine.json"
 ID_PREFIX = "img-"
 
 # The rules an input can break (quarantine.json ``rules``), in report order.
 RULES = ("empty_file", "not_image", "unreadable", "too_small", "duplicate", "unreadable_tar")
-
-class IngestError(ValueError):
-    """The ingest input as a whole is unusable; names the file and the rule. Nothing is written."""
-
-    def __init__(self, path: str | Path, rule: str, message: str):
-        super().__init__(f"{path}: {rule}: {message}")
-        self.path = str(path)
-        self.rule = rule
 
 
 @dataclass
@@ -126,24 +126,6 @@ class IngestReport:
         return asdict(self)
 
 
-@dataclass
-class _Candidate:
-    """One input image (or a failed tar when ``error`` is set)."""
-
-    source: str
-    member: str | None
-    read: Callable[[], bytes]
-    caption: str
-    caption_from: str
-    error: str | None = None
-
-
-@dataclass
-class _State:
-    ignored: int = 0
-    used_mapping: set[str] = field(default_factory=set)
-
-
 class _Rejected(Exception):
     def __init__(self, rule: str, reason: str):
         super().__init__(reason)
@@ -162,209 +144,6 @@ def split_of_id(sample_id: str, fractions: SplitFractions) -> str:
 
 def image_id(data: bytes) -> str:
     return ID_PREFIX + sha256_bytes(data)[:16]
-
-
-# -- caption mapping -------------------------------------------------------------
-
-
-def _norm_key(name: str) -> str:
-    key = posixpath.normpath(name.replace("\\", "/").strip())
-    return key[2:] if key.startswith("./") else key
-
-
-def load_caption_mapping(path: str | Path) -> dict[str, str]:
-    """``file -> caption`` from a CSV (``file,caption``) or JSONL file; bad files raise IngestError."""
-    path = Path(path)
-    if not path.is_file():
-        raise IngestError(path, "captions_missing", "the caption mapping file does not exist")
-    suffix = path.suffix.lower()
-    mapping: dict[str, str] = {}
-
-    def put(name: Any, caption: Any, where: str) -> None:
-        if not isinstance(name, str) or not name.strip():
-            raise IngestError(where, "captions_parse", "'file' must be a non-empty string")
-        caption = "" if caption is None else str(caption).strip()
-        key = _norm_key(name)
-        if key in mapping and mapping[key] != caption:
-            raise IngestError(where, "captions_conflict", f"{key!r} has two different captions")
-        mapping[key] = caption
-
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            if suffix == ".csv":
-                reader = csv.DictReader(f)
-                columns = reader.fieldnames or []
-                for column in ("file", "caption"):
-                    if column not in columns:
-                        raise IngestError(
-                            path, "captions_column", f"no column {column!r} (columns: {columns})"
-                        )
-                for row in reader:
-                    put(row["file"], row["caption"], f"{path}:{reader.line_num}")
-            elif suffix in (".jsonl", ".ndjson"):
-                for n, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise IngestError(f"{path}:{n}", "captions_parse", f"not JSON: {err}") from None
-                    if not isinstance(obj, dict):
-                        raise IngestError(f"{path}:{n}", "captions_parse", "each line must be an object")
-                    for column in ("file", "caption"):
-                        if column not in obj:
-                            raise IngestError(f"{path}:{n}", "captions_column", f"no key {column!r}")
-                    put(obj["file"], obj["caption"], f"{path}:{n}")
-            else:
-                raise IngestError(path, "captions_format", "a caption mapping must be .csv or .jsonl")
-    except UnicodeDecodeError as err:
-        raise IngestError(path, "captions_parse", f"not UTF-8: {err}") from None
-    except csv.Error as err:
-        raise IngestError(path, "captions_parse", str(err)) from None
-    return mapping
-
-
-def _text(data: bytes) -> str:
-    return data.decode("utf-8-sig", errors="replace").strip()
-
-
-# -- sources ---------------------------------------------------------------------
-
-
-def _ext(name: str) -> str:
-    return name.rpartition(".")[2].lower() if "." in name else ""
-
-
-def _read_file(path: Path) -> bytes:
-    return path.read_bytes()
-
-
-def _walk(root: Path, skip: Path | None) -> list[tuple[str, ...]]:
-    """Relative path parts of every non-hidden file under ``root``, in sorted order."""
-    found: list[tuple[str, ...]] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        dirnames[:] = sorted(
-            d for d in dirnames if not d.startswith(".") and (skip is None or (here / d).resolve() != skip)
-        )
-        rel = here.relative_to(root).parts
-        found.extend((*rel, name) for name in filenames if not name.startswith("."))
-    return sorted(found)
-
-
-def _folder_candidates(
-    root: Path, files: list[tuple[str, ...]], mapping: dict[str, str], state: _State
-) -> tuple[int, Iterator[_Candidate]]:
-    rels = {"/".join(parts) for parts in files}
-    images = [parts for parts in files if _ext(parts[-1]) in IMAGE_EXTENSIONS]
-    stems = {posixpath.splitext("/".join(p))[0] for p in images}
-    state.ignored = sum(
-        1
-        for parts in files
-        if _ext(parts[-1]) not in IMAGE_EXTENSIONS
-        and not (_ext(parts[-1]) == "txt" and posixpath.splitext("/".join(parts))[0] in stems)
-    )
-
-    def gen() -> Iterator[_Candidate]:
-        for parts in images:
-            rel = "/".join(parts)
-            path = root.joinpath(*parts)
-            sidecar = posixpath.splitext(rel)[0] + ".txt"
-            if rel in mapping:
-                state.used_mapping.add(rel)
-                caption, caption_from = mapping[rel], "mapping"
-            elif sidecar in rels:
-                try:
-                    caption, caption_from = _text(_read_file(root / sidecar)), "sidecar"
-                except OSError:
-                    caption, caption_from = "", "none"
-            else:
-                caption, caption_from = "", "none"
-            yield _Candidate(rel, None, lambda path=path: _read_file(path), caption, caption_from)
-
-    return len(images), gen()
-
-
-@dataclass(frozen=True)
-class _TarRef:
-    name: str
-    open: Callable[[], IO[bytes]]
-
-
-def _is_glob(text: str) -> bool:
-    return any(c in text for c in "*?[")
-
-
-def _tar_refs(source: str, store: Any, skip: Path | None) -> list[_TarRef]:
-    if source.startswith("s3://"):
-        from fourm.storage.object_store import ObjectStore, split_s3_uri
-
-        if store is None:
-            from fourm.settings import get_settings
-
-            store = ObjectStore.from_settings(get_settings())
-        bucket, prefix = split_s3_uri(source)
-        if prefix.endswith(".tar"):
-            keys = [prefix]
-        else:
-            keys = sorted(k for k in store.list(bucket, f"{prefix}/" if prefix else "") if k.endswith(".tar"))
-        return [
-            _TarRef(f"s3://{bucket}/{k}", lambda k=k: io.BytesIO(store.get_bytes(bucket, k))) for k in keys
-        ]
-    if _is_glob(source):
-        paths = [Path(p) for p in sorted(glob.glob(source, recursive=True)) if p.endswith(".tar")]
-        return [_TarRef(str(p), lambda p=p: open(p, "rb")) for p in paths]
-    path = Path(source)
-    if path.is_file():
-        return [_TarRef(path.name, lambda: open(path, "rb"))]
-    tars = ["/".join(parts) for parts in _walk(path, skip) if _ext(parts[-1]) == "tar"]
-    return [_TarRef(rel, lambda rel=rel: open(path / rel, "rb")) for rel in tars]
-
-
-def _tar_groups(ref: _TarRef, state: _State) -> Iterator[tuple[str, dict[str, tuple[str, bytes]]]]:
-    """``(key, {ext: (member name, bytes)})`` per run of members with one key; tar errors raise."""
-    key: str | None = None
-    members: dict[str, tuple[str, bytes]] = {}
-    with ref.open() as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            dirname, base = posixpath.split(info.name)
-            stem, _, ext = base.partition(".")
-            ext = ext.lower()
-            if base.startswith(".") or not (ext in IMAGE_EXTENSIONS or ext in CAPTION_EXTENSIONS):
-                state.ignored += 1
-                continue
-            this = posixpath.join(dirname, stem)
-            if key is not None and this != key:
-                yield key, members
-                members = {}
-            key = this
-            payload = tar.extractfile(info)
-            members[ext] = (info.name, payload.read() if payload is not None else b"")
-    if key is not None:
-        yield key, members
-
-
-def _tar_candidates(refs: list[_TarRef], mapping: dict[str, str], state: _State) -> Iterator[_Candidate]:
-    for ref in refs:
-        try:
-            for _key, members in _tar_groups(ref, state):
-                text = next((members[e] for e in CAPTION_EXTENSIONS if e in members), None)
-                images = [members[e] for e in sorted(members) if e in IMAGE_EXTENSIONS]
-                if not images and text is not None:
-                    state.ignored += 1
-                for name, data in images:
-                    if (key := _norm_key(name)) in mapping:
-                        state.used_mapping.add(key)
-                        caption, caption_from = mapping[key], "mapping"
-                    elif text is not None:
-                        caption, caption_from = _text(text[1]), "member"
-                    else:
-                        caption, caption_from = "", "none"
-                    yield _Candidate(ref.name, name, lambda data=data: data, caption, caption_from)
-        except (tarfile.TarError, EOFError, OSError) as err:
-            yield _Candidate(ref.name, None, lambda: b"", "", "none", error=f"unreadable tar: {err}")
 
 
 # -- images ----------------------------------------------------------------------
@@ -433,53 +212,6 @@ def _source_name(source: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in name).strip("-") or "images"
 
 
-def _resolve_format(params: IngestParams, source: str) -> str:
-    if params.source_format != "auto":
-        return params.source_format
-    if source.startswith("s3://") or _is_glob(source) or source.endswith(".tar"):
-        return "webdataset"
-    return "images"
-
-
-def _open_source(
-    params: IngestParams,
-    source: str,
-    out_dir: Path,
-    mapping: dict[str, str],
-    state: _State,
-    store: Any,
-) -> tuple[Iterator[_Candidate], StepProgress | None]:
-    """The candidates of ``source`` (checked up front: bad input raises before anything is written)."""
-    kind = _resolve_format(params, source)
-    files: list[tuple[str, ...]] = []
-    if kind == "images":
-        root = Path(source)
-        if not root.exists():
-            raise IngestError(root, "source_missing", "no such file or folder")
-        if not root.is_dir():
-            raise IngestError(root, "source_format", "an image source must be a folder (or a .tar)")
-        files = _walk(root, out_dir.resolve())
-        has_images = any(_ext(p[-1]) in IMAGE_EXTENSIONS for p in files)
-        has_tars = any(_ext(p[-1]) == "tar" for p in files)
-        if params.source_format == "auto" and has_tars:
-            if has_images:
-                raise IngestError(root, "mixed_source", "holds both images and .tar files; set source_format")
-            kind = "webdataset"
-    if kind == "images":
-        total, candidates = _folder_candidates(root, files, mapping, state)
-        if total == 0:
-            raise IngestError(
-                root, "no_images", f"no {'/'.join(sorted(IMAGE_EXTENSIONS))} files in the folder"
-            )
-        return track(candidates, total, "ingest images", "images"), None
-    if not source.startswith("s3://") and not _is_glob(source) and not Path(source).exists():
-        raise IngestError(source, "source_missing", "no such file or folder")
-    refs = _tar_refs(source, store, out_dir.resolve())
-    if not refs:
-        raise IngestError(source, "no_images", "no .tar shards found")
-    return _tar_candidates(refs, mapping, state), StepProgress(len(refs), "ingest tars", "tars")
-
-
 def run_ingest(params: IngestParams, source: str | Path, out_dir: Path, store: Any = None) -> IngestReport:
     """Ingest the images at ``source`` into a raw dataset at ``out_dir`` (all or nothing).
 
@@ -487,12 +219,12 @@ def run_ingest(params: IngestParams, source: str | Path, out_dir: Path, store: A
     """
     start = time.perf_counter()
     source = str(source)
-    if not source.startswith("s3://") and not _is_glob(source):
+    if not source.startswith("s3://") and not is_glob(source):
         source = str(Path(source))  # one spelling per folder in the card ("a/b/" == "a/b")
     out_dir = Path(out_dir)
     mapping = load_caption_mapping(params.captions) if params.captions else {}
-    state = _State()
-    stream, progress = _open_source(params, source, out_dir, mapping, state, store)
+    state = SourceState()
+    stream, progress = open_source(params, source, out_dir, mapping, state, store)
 
     quarantine: list[dict[str, Any]] = []
     kept_bytes: set[str] = set()  # ids ingested
@@ -502,7 +234,7 @@ def run_ingest(params: IngestParams, source: str | Path, out_dir: Path, store: A
     num_images = 0
     tars_done, current_tar = 0, None
 
-    def reject(c: _Candidate, sample_id: str | None, rule: str, reason: str) -> None:
+    def reject(c: Candidate, sample_id: str | None, rule: str, reason: str) -> None:
         quarantine.append(
             {"id": sample_id, "source": c.source, "member": c.member, "rules": [rule], "reason": reason}
         )

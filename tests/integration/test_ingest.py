@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fourm.data import codecs
+from fourm.data import codecs, ingest_sources
 from fourm.data import ingest as ingest_mod
 from fourm.data.format import Dataset
 from fourm.data.ingest import IngestError, image_id, prepare_image, run_ingest
@@ -214,7 +214,7 @@ def test_reingest_gives_identical_bytes(photos: dict, ingested: dict, tmp_path: 
 def test_writer_is_fed_while_reading(photos: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     reads: list[str] = []
     seen: list[tuple[int, int]] = []  # (files read, shards closed) at every add
-    real_read, real_add = ingest_mod._read_file, ingest_mod.DatasetWriter.add
+    real_read, real_add = ingest_sources._read_file, ingest_mod.DatasetWriter.add
 
     def read(path: Path) -> bytes:
         reads.append(path.name)
@@ -224,7 +224,7 @@ def test_writer_is_fed_while_reading(photos: dict, tmp_path: Path, monkeypatch: 
         seen.append((len(reads), len(self.shards)))
         real_add(self, *args, **kwargs)
 
-    monkeypatch.setattr(ingest_mod, "_read_file", read)
+    monkeypatch.setattr(ingest_sources, "_read_file", read)
     monkeypatch.setattr(ingest_mod.DatasetWriter, "add", add)
     run_ingest(IngestParams(samples_per_shard=2), photos["root"], tmp_path / "raw")
     total_reads = len(reads)
