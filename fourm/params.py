@@ -502,6 +502,13 @@ class EvaluateParams(StrictModel):
     seed: int = Field(0, ge=0)
     bf16: bool = Field(True, description="Only where the hardware runs bf16 natively.")
     image: DecodingParams = DecodingParams()
+    image_samples: int = Field(
+        1,
+        ge=1,
+        description="Image-to-image tasks (rgb -> depth): score one estimate from this many sampled"
+        " predictions (the mean; the renormalised mean for normals; the per-pixel majority for semseg)."
+        " > 1 needs image.temperature > 0.",
+    )
     sequence: DecodingParams = DecodingParams()
     presence_min_fraction: float = Field(
         0.01, gt=0, lt=1, description="caption->semseg: a class is present above this share of pixels."
@@ -513,6 +520,11 @@ class EvaluateParams(StrictModel):
     def _distinct_tasks(self) -> EvaluateParams:
         if len(set(self.tasks)) != len(self.tasks) or not self.tasks:
             raise ValueError(f"tasks must be a non-empty list without repeats, got {list(self.tasks)}")
+        if self.image_samples > 1 and self.image.temperature == 0:
+            raise ValueError(
+                f"image_samples {self.image_samples} with image.temperature 0: greedy samples are all the"
+                " same; set image.temperature > 0 (e.g. 1.0) or image_samples: 1"
+            )
         return self
 
 

@@ -136,13 +136,23 @@ def metric_rows(tasks: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def _samples_note(draws: int) -> str:
+    if draws <= 1:
+        return ""
+    return (
+        f"; image-to-image tasks scored on the mean of {draws} sampled predictions (majority for semseg),"
+        " other image targets on one"
+    )
+
+
 def markdown(report: dict[str, Any], gallery_names: list[str]) -> str:
     """The report people read: headline table, transfer, where the pictures are."""
     lines = [
         f"# Evaluation of `{report['model']['path']}`",
         "",
-        f"{report['samples']} samples of the `{report['split']}` split, seed {report['seed']}; "
-        "baselines fitted on the train split (mean depth/normal map, majority class per pixel, "
+        f"{report['samples']} samples of the `{report['split']}` split, seed {report['seed']}"
+        + _samples_note(report.get("image_samples", 1))
+        + "; baselines fitted on the train split (mean depth/normal map, majority class per pixel, "
         "most frequent caption, no boxes).",
         "",
         "| task | metric | model | baseline | better |",

@@ -20,10 +20,12 @@ from typing import Any
 
 from fourm.data.samples import DatasetInputs
 from fourm.evaluation.data import fit_baselines, load_split
+from fourm.evaluation.ensemble import aggregate
 from fourm.evaluation.report import caption_gallery, rgb_gallery, task_plot, write_reports
 from fourm.evaluation.tasks import TASKS, compare
 from fourm.inference import AnyToAny, InferenceError, step_for
 from fourm.io import atomic_output_dir, atomic_write_json, sha256_file, without_timings
+from fourm.modalities import get_modality
 from fourm.params import EvaluateParams
 
 METRICS_FILE = "metrics.json"
@@ -57,16 +59,23 @@ def run_evaluate(
     seconds: dict[str, float] = {}
     for name in params.tasks:
         task = TASKS[name]
-        decoding = params.sequence if task.target in ("caption", "boxes") else params.image
+        sequence = task.target in ("caption", "boxes")
+        decoding = params.sequence if sequence else params.image
+        # Averaging draws is right where the input fixes the layout pixel for pixel (rgb -> depth);
+        # from a caption, objects land in different places in each draw and would average away.
+        draws = params.image_samples if _pixel_aligned(task.source, task.target) else 1
         t0 = time.perf_counter()
-        out = a2a.generate(
-            {task.source: given[task.source]},
-            [step_for(task.target, decoding)],
-            seed=params.seed,
-            batch_size=params.batch_size,
-            description=f"evaluate {name}",
-        )
-        pred = a2a.decode(task.target, out[task.target])
+        samples = []
+        for k in range(draws):
+            out = a2a.generate(
+                {task.source: given[task.source]},
+                [step_for(task.target, decoding)],
+                seed=params.seed + k,
+                batch_size=params.batch_size,
+                description=f"evaluate {name}" + (f" (sample {k + 1}/{draws})" if draws > 1 else ""),
+            )
+            samples.append(a2a.decode(task.target, out[task.target]))
+        pred = aggregate(task.target, samples) if draws > 1 else samples[0]
         seconds[name] = round(time.perf_counter() - t0, 3)
         predictions[name] = pred
         model_scores = task.score(pred, truth, params.presence_min_fraction)
@@ -85,6 +94,7 @@ def run_evaluate(
         "split": params.split,
         "samples": len(truth),
         "seed": params.seed,
+        "image_samples": params.image_samples,
         "tasks": results,
         "beats_baseline": {n: r["beats_baseline"] for n, r in results.items()},
     }
@@ -98,6 +108,10 @@ def run_evaluate(
         write_reports(tmp, report, images)
     seconds["total"] = round(time.perf_counter() - start, 3)
     return {**report, "seconds": seconds}
+
+
+def _pixel_aligned(source: str, target: str) -> bool:
+    return get_modality(source).kind == "image" and get_modality(target).kind == "image"
 
 
 def _caption_chain_gallery(a2a: AnyToAny, truth: Any, params: EvaluateParams) -> bytes:

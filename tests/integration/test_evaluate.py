@@ -95,6 +95,35 @@ def test_evaluation_scores_every_task_against_its_baseline_and_is_reproducible(s
     assert (out / "metrics.json").read_bytes() == (tmp_path / "b" / "metrics.json").read_bytes()
 
 
+def test_image_targets_are_scored_on_the_aggregate_of_sampled_predictions(setup, tmp_path: Path) -> None:
+    inputs, tokenizers, model = setup
+    sampled = PARAMS.image.model_copy(update={"steps": 1, "temperature": 1.0})
+    base = PARAMS.model_copy(
+        update={
+            "tasks": ("rgb->depth", "rgb->semseg", "caption->semseg"),
+            "image": sampled,
+            "transfer": TransferParams(enabled=False),
+        }
+    )
+    one = run_evaluate(base, model, tokenizers, inputs, tmp_path / "one")
+    three = base.model_copy(update={"image_samples": 3})
+    first = run_evaluate(three, model, tokenizers, inputs, tmp_path / "three")
+    again = run_evaluate(three, model, tokenizers, inputs, tmp_path / "again")
+    assert first["image_samples"] == 3 and one["image_samples"] == 1
+    assert (tmp_path / "three" / "metrics.json").read_bytes() == (
+        tmp_path / "again" / "metrics.json"
+    ).read_bytes()
+    assert "mean of 3 sampled predictions" in (tmp_path / "three" / "report.md").read_text()
+    # the first of the three draws is the single-sample run's prediction; the aggregate is not
+    assert (
+        one["tasks"]["rgb->depth"]["metrics"]["rmse"]["model"]
+        != first["tasks"]["rgb->depth"]["metrics"]["rmse"]["model"]
+    )
+    assert again["tasks"] == first["tasks"]
+    # from a caption, objects land anywhere: one draw (the same as the single-sample run's), not a mean
+    assert one["tasks"]["caption->semseg"] == first["tasks"]["caption->semseg"]
+
+
 def test_a_tokenizer_the_model_was_not_trained_with_is_refused_and_nothing_written(
     setup, tmp_path: Path
 ) -> None:

@@ -78,6 +78,11 @@ def test_repo_params_yaml_is_valid_and_complete() -> None:
         ({"tokenizers": {"text": {"vocab_size": 100000}}}, "tokenizers.text.vocab_size"),
         ({"tokenize": {"modalities": ["rgb", "rgb"]}}, "modalities must be distinct"),
         ({"tokenize": {"modalities": ["pixels"]}}, "tokenize.modalities.0"),
+        (
+            {"evaluate": {"image_samples": 4, "image": {"temperature": 0}}},
+            "image_samples 4 with image.temperature 0",
+        ),
+        ({"evaluate": {"image_samples": 0}}, "evaluate.image_samples"),
     ],
 )
 def test_bad_values_name_file_and_dotted_key(data: dict, fragment: str) -> None:
