@@ -75,7 +75,7 @@ def run_evaluate(
                 description=f"evaluate {name}" + (f" (sample {k + 1}/{draws})" if draws > 1 else ""),
             )
             samples.append(a2a.decode(task.target, out[task.target]))
-        pred = aggregate(task.target, samples) if draws > 1 else samples[0]
+        pred = aggregate(task.target, samples) if draws > 1 else samples[0]  # boxes, captions: as decoded
         seconds[name] = round(time.perf_counter() - t0, 3)
         predictions[name] = pred
         model_scores = task.score(pred, truth, params.presence_min_fraction)
