@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from fourm.modalities import get_modality
-from fourm.model.generate import GenerationStep, Given, chain
+from fourm.model.generate import GenerationStep, Given, chain, draws
 from fourm.model.masking_config import EOS_ID, SEQUENCE_KINDS, SOS_ID
 from fourm.model.model import FourM
 from fourm.params import DecodingParams
@@ -148,6 +148,31 @@ class AnyToAny:
             chunk = {k: _rows(v, start, start + batch_size) for k, v in inputs.items()}
             parts.append(chain(self.model, chunk, plan, generator, self.bf16).states)
         return {k: _cat([p[k] for p in parts]) for k in parts[0]}
+
+    def sample(
+        self,
+        inputs: Mapping[str, Given],
+        step: GenerationStep,
+        count: int,
+        seed: int = 0,
+        batch_size: int = 32,
+        description: str = "generate",
+    ) -> list[Given]:
+        """``count`` draws of ``step.target``: draw ``k`` equals ``generate(inputs, [step], seed + k)``
+        for that target; a one-step parallel decode runs each batch's forward pass once for all."""
+        if not inputs:
+            raise InferenceError("no inputs: give at least one modality (or an empty target)")
+        if count < 1:
+            raise InferenceError(f"count must be >= 1, got {count}")
+        total = len(next(iter(inputs.values())))
+        generators = [torch.Generator(self.device).manual_seed(seed + k) for k in range(count)]
+        step = replace(step, vocab_size=self.tokenizers[step.target].vocab_size)
+        starts = range(0, total, batch_size)
+        parts: list[list[Given]] = []
+        for start in track(starts, len(starts), description, unit="batches"):
+            chunk = {k: _rows(v, start, start + batch_size) for k, v in inputs.items()}
+            parts.append(draws(self.model, chunk, step, generators, self.bf16))
+        return [_cat([p[k] for p in parts]) for k in range(count)]
 
     # -- tokens -> values ------------------------------------------------------------------
 

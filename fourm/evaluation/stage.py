@@ -65,16 +65,15 @@ def run_evaluate(
         # from a caption, objects land in different places in each draw and would average away.
         draws = params.image_samples if _pixel_aligned(task.source, task.target) else 1
         t0 = time.perf_counter()
-        samples = []
-        for k in range(draws):
-            out = a2a.generate(
-                {task.source: given[task.source]},
-                [step_for(task.target, decoding)],
-                seed=params.seed + k,
-                batch_size=params.batch_size,
-                description=f"evaluate {name}" + (f" (sample {k + 1}/{draws})" if draws > 1 else ""),
-            )
-            samples.append(a2a.decode(task.target, out[task.target]))
+        tokens = a2a.sample(
+            {task.source: given[task.source]},
+            step_for(task.target, decoding),
+            draws,
+            seed=params.seed,
+            batch_size=params.batch_size,
+            description=f"evaluate {name}" + (f" ({draws} samples)" if draws > 1 else ""),
+        )
+        samples = [a2a.decode(task.target, t) for t in tokens]
         pred = aggregate(task.target, samples) if draws > 1 else samples[0]  # boxes, captions: as decoded
         seconds[name] = round(time.perf_counter() - t0, 3)
         predictions[name] = pred

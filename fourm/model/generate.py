@@ -344,17 +344,68 @@ def parallel_decode(
             query = ~known
         logits, pos, pad = _image_logits(model, current, target, query, step, bf16)
         temp = temperature_at(i, step.steps, step.temperature, step.temperature_schedule)
-        ids, conf = sample(logits.flatten(0, 1), temp, step.top_k, step.top_p, generator)
-        ids, conf = ids.view(pos.shape), conf.view(pos.shape).masked_fill(pad, -1.0)
-        if method == "roar":
-            chosen = ~pad
-        else:  # keep the k most confident predictions of each row
-            rank_conf = conf.argsort(dim=1, descending=True, stable=True).argsort(dim=1)
-            chosen = (rank_conf < k[:, None]) & ~pad
-        rows = torch.arange(batch, device=device)[:, None].expand_as(pos)
-        tokens[rows[chosen], pos[chosen]] = ids[chosen]
-        known[rows[chosen], pos[chosen]] = True
+        _place(tokens, known, logits, pos, pad, None if method == "roar" else k, temp, step, generator)
     return Given(tokens, known)
+
+
+def _place(
+    tokens: torch.Tensor,
+    known: torch.Tensor,
+    logits: torch.Tensor,
+    pos: torch.Tensor,
+    pad: torch.Tensor,
+    keep: torch.Tensor | None,
+    temperature: float,
+    step: GenerationStep,
+    generator: torch.Generator | None,
+) -> None:
+    """Sample at the queried positions and write into ``tokens``/``known`` in place: every one
+    (``keep`` None) or the ``keep[b]`` most confident of row ``b``."""
+    ids, conf = sample(logits.flatten(0, 1), temperature, step.top_k, step.top_p, generator)
+    ids, conf = ids.view(pos.shape), conf.view(pos.shape).masked_fill(pad, -1.0)
+    if keep is None:
+        chosen = ~pad
+    else:
+        rank_conf = conf.argsort(dim=1, descending=True, stable=True).argsort(dim=1)
+        chosen = (rank_conf < keep[:, None]) & ~pad
+    rows = torch.arange(tokens.shape[0], device=tokens.device)[:, None].expand_as(pos)
+    tokens[rows[chosen], pos[chosen]] = ids[chosen]
+    known[rows[chosen], pos[chosen]] = True
+
+
+def _one_pass(step: GenerationStep) -> bool:
+    """Whether ``step`` decodes in a single forward pass whose logits draws can share."""
+    return step.resolved_method == "maskgit" and step.steps == 1
+
+
+def _one_pass_draws(
+    model: FourM,
+    states: Mapping[str, Given],
+    step: GenerationStep,
+    generators: Sequence[torch.Generator | None],
+    bf16: bool,
+) -> list[Given]:
+    """One-step MaskGIT draws from one forward pass: draw ``i`` is what ``parallel_decode``
+    gives with ``generators[i]`` (the same logits, the same sampling calls)."""
+    target = step.target
+    if get_modality(target).kind in SEQUENCE_KINDS:
+        raise GenerationError(f"{target!r} is a sequence; decode it autoregressively")
+    batch = check_request(model, states, target)
+    device = next(model.parameters()).device
+    given = states[target] if target in states else Given.empty(batch, target, device)
+    unknown = ~given.known
+    if not bool(unknown.any()):
+        return [Given(given.tokens.clone(), given.known.clone()) for _ in generators]
+    current = {**states, target: Given(given.tokens, given.known)}
+    logits, pos, pad = _image_logits(model, current, target, unknown, step, bf16)
+    temp = temperature_at(0, 1, step.temperature, step.temperature_schedule)
+    keep = unknown.sum(1)  # one step decodes every unknown position
+    out = []
+    for generator in generators:
+        tokens, known = given.tokens.clone(), given.known.clone()
+        _place(tokens, known, logits, pos, pad, keep, temp, step, generator)
+        out.append(Given(tokens, known))
+    return out
 
 
 # -- autoregressive decoding of sequences ----------------------------------------------------
@@ -492,6 +543,21 @@ def generate(
             out, scores = autoregressive(model, states, step, generator, bf16)
             return Given(out.tokens, out.known, scores)
         return parallel_decode(model, states, step, generator, bf16)
+
+
+def draws(
+    model: FourM,
+    states: Mapping[str, Given],
+    step: GenerationStep,
+    generators: Sequence[torch.Generator | None],
+    bf16: bool = False,
+) -> list[Given]:
+    """One draw of ``step.target`` per generator, each what ``generate`` gives with it; a
+    one-step MaskGIT decode runs its forward pass once for all of them."""
+    with torch.inference_mode():
+        if _one_pass(step):
+            return _one_pass_draws(model, states, step, generators, bf16)
+    return [generate(model, states, step, g, bf16) for g in generators]
 
 
 def parse_plan(text: str) -> list[str]:

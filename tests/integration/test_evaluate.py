@@ -124,6 +124,24 @@ def test_image_targets_are_scored_on_the_aggregate_of_sampled_predictions(setup,
     assert one["tasks"]["caption->semseg"] == first["tasks"]["caption->semseg"]
 
 
+def test_sampled_draws_equal_one_generate_call_per_seed_across_batches(setup) -> None:
+    """``AnyToAny.sample``: draw k is ``generate`` with seed + k, also when the samples span batches."""
+    from fourm.model.generate import GenerationStep
+
+    _, tokenizers, model = setup
+    a2a = AnyToAny.load(model, tokenizers)
+    rgb = np.random.default_rng(0).integers(0, 255, (5, 64, 64, 3), dtype=np.uint8)
+    given = a2a.encode({"rgb": rgb})
+    step = GenerationStep("depth", steps=1, temperature=1.0)
+    got = a2a.sample(given, step, 3, seed=7, batch_size=2)
+    for k, draw in enumerate(got):
+        want = a2a.generate(given, [step], seed=7 + k, batch_size=2)["depth"]
+        assert torch.equal(draw.tokens, want.tokens) and bool(draw.known.all())
+    assert not torch.equal(got[0].tokens, got[1].tokens)
+    with pytest.raises(InferenceError, match="count must be >= 1"):
+        a2a.sample(given, step, 0)
+
+
 def test_a_tokenizer_the_model_was_not_trained_with_is_refused_and_nothing_written(
     setup, tmp_path: Path
 ) -> None:

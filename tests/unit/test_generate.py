@@ -13,6 +13,7 @@ from fourm.model.generate import (
     Given,
     autoregressive,
     chain,
+    draws,
     encoder_inputs,
     generate,
     parse_plan,
@@ -117,6 +118,36 @@ def test_guidance_changes_the_result_and_runs_unconditionally_too(model):
     assert not torch.equal(plain, guided)
     uncond = generate(model, {"semseg": Given.empty(2, "semseg")}, GenerationStep("semseg"), gen(0))
     assert bool(uncond.known.all())
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        GenerationStep("depth", steps=1, temperature=1.0),
+        GenerationStep("semseg", steps=1, temperature=0.7, top_k=50, guidance=2.0),
+        GenerationStep("normal", steps=3),  # several steps: each draw decodes on its own
+        GenerationStep("depth", "roar", steps=1),
+    ],
+)
+def test_draws_equal_one_generate_per_generator(model, step):
+    known = torch.rand(3, 64, generator=gen(3)) < 0.3
+    states = {"rgb": Given.full(image_tokens(3)), step.target: Given(image_tokens(3, seed=4), known)}
+    got = draws(model, states, step, [gen(10), gen(11), gen(12)])
+    want = [generate(model, states, step, gen(s)) for s in (10, 11, 12)]
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g.tokens, w.tokens) and bool(g.known.all())
+    assert not torch.equal(got[0].tokens, got[1].tokens)
+
+
+def test_one_step_draws_share_one_forward_pass(model, monkeypatch):
+    calls = []
+    encode = model.encode
+    monkeypatch.setattr(model, "encode", lambda mb: calls.append(1) or encode(mb))
+    states = {"rgb": Given.full(image_tokens(2))}
+    draws(model, states, GenerationStep("depth", steps=1), [gen(s) for s in range(4)])
+    assert len(calls) == 1
+    draws(model, states, GenerationStep("depth", steps=2), [gen(s) for s in range(4)])
+    assert len(calls) == 1 + 4 * 2
 
 
 # -- autoregressive decoding --------------------------------------------------------------
