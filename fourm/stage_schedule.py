@@ -1,10 +1,13 @@
 """Which DVC stages of a run start next, and with how many threads.
 
 The pipeline flow runs a stage as soon as every stage it reads from has finished,
-at most ``slots`` at a time. Stages that overlap share the cores: each gets
+at most ``slots`` at a time. Stages that start together share the cores: each gets
 ``cores // slots`` threads (at least one), because two 1-thread processes of small
 convolutions get more done on 2 cores than one 2-thread process (the four VQ-VAEs:
-docs/benchmarks.md). A stage that starts alone keeps every core. After a failure
+docs/benchmarks.md). A stage that is the only one ready gets every core, even while
+others still run: a process keeps its thread count for life, and those others are
+the tail of an earlier group (pretraining started beside the last second of
+``eval-tokenizers`` once ran all its 15 minutes on one of two cores). After a failure
 nothing new starts; the stages already running finish.
 """
 
@@ -49,7 +52,7 @@ class StageScheduler:
         batch = ready[: max(0, self.slots - len(self.running))]
         if not batch and not self.running and self.pending:
             raise RuntimeError(f"stages {self.pending} wait on each other: the stage graph has a cycle")
-        alone = not self.running and len(batch) == 1
+        alone = self.slots == 1 or len(ready) == 1  # nothing waits to share the cores with it
         threads = None if alone else max(1, self.cores // self.slots)
         for stage in batch:
             self.pending.remove(stage)
