@@ -12,7 +12,8 @@ import functools
 from pathlib import Path
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from fourm.model.layers import explicit_attention
 
 
 @functools.cache
@@ -35,13 +36,14 @@ def use_bf16(requested: bool, device: str = "cpu") -> bool:
 
 
 def training_attention(device: str, bf16: bool) -> contextlib.AbstractContextManager:
-    """The attention kernel for a bf16 training step: PyTorch's plain (math) one on CPUs.
+    """The attention for a bf16 training step: plain fp32 matmuls on CPUs.
 
-    For the short sequences 4M trains on here, the CPU flash-attention kernel's backward
-    is slow in bf16 (40% of a tiny-model step); the math kernel made the whole step 27%
-    faster (docs/benchmarks.md). GPUs, and fp32 where the two kernels tie, keep PyTorch's
-    choice. A new context per use: ``sdpa_kernel`` cannot be re-entered.
+    For the short sequences 4M trains on here, PyTorch's CPU kernels are slow in bf16: the
+    flash kernel's backward was 40% of a tiny-model step, and its math kernel spends half
+    its time on per-call mask checks. ``attention_fp32`` made attention about 2x faster than
+    the math kernel (docs/benchmarks.md). GPUs, and fp32 where the kernels tie, keep
+    PyTorch's choice.
     """
     if bf16 and torch.device(device).type == "cpu":
-        return sdpa_kernel(SDPBackend.MATH)
+        return explicit_attention()
     return contextlib.nullcontext()

@@ -1,17 +1,49 @@
 """Transformer building blocks: attention, feed-forward, encoder and decoder blocks.
 
 Pre-norm residual blocks; attention through ``F.scaled_dot_product_attention`` with a
-boolean mask (True = may attend). Shapes: B batch, N query tokens, M key tokens,
+boolean mask (True = may attend), or, inside ``explicit_attention()``, through plain
+fp32 matmuls (``attention_fp32``). Shapes: B batch, N query tokens, M key tokens,
 D model dim, H heads, d = D / H.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fourm.model.config import ModelConfig
+
+_EXPLICIT = ContextVar("fourm_explicit_attention", default=False)
+
+
+@contextlib.contextmanager
+def explicit_attention() -> Iterator[None]:
+    """Attention inside this context runs ``attention_fp32`` instead of PyTorch's kernels."""
+    token = _EXPLICIT.set(True)
+    try:
+        yield
+    finally:
+        _EXPLICIT.reset(token)
+
+
+def attention_fp32(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d), masked) v in fp32 with batched matmuls, in q's dtype.
+
+    Every row must keep at least one key (the model guarantees it; an empty row is NaN).
+    For the 64-token sequences of CPU training this is about twice as fast as PyTorch's
+    math kernel in bf16 (no per-call safe-softmax checks) and keeps scores in fp32."""
+    with torch.autocast(q.device.type, enabled=False):
+        scores = (q.float() * q.shape[-1] ** -0.5) @ k.float().transpose(-2, -1)  # (B, H, N, M)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return (scores.softmax(-1) @ v.float()).to(q.dtype)  # (B, H, N, d)
 
 
 class Attention(nn.Module):
@@ -57,7 +89,10 @@ class Attention(nn.Module):
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
         """Attention of (B, H, N, d) queries over keys/values, projected back to (B, N, D)."""
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, N, d)
+        if _EXPLICIT.get():
+            y = attention_fp32(q, k, v, mask)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, N, d)
         B, H, N, d = y.shape
         return self.proj(y.transpose(1, 2).reshape(B, N, H * d))
 

@@ -7,6 +7,7 @@ import contextlib
 import pytest
 import torch
 
+from fourm.model import layers
 from fourm.model.batch import MaskedBatch
 from fourm.model.config import SIZES, ModelConfig, bench_cpu_s, model_config
 from fourm.model.model import FourM, balanced_loss
@@ -217,9 +218,9 @@ def test_tied_sequence_embeddings_and_config_round_trip():
     assert m.config.describe_difference(other) == ["dim: 32 != 64"]
 
 
-def test_training_attention_kernel_gives_the_same_loss_and_gradients():
-    """bf16 CPU steps use the math attention kernel (fourm.precision.training_attention); it must
-    compute what the default kernel does, masks included (fp32 here, so the match is tight)."""
+def test_training_attention_gives_the_same_loss_and_gradients():
+    """bf16 CPU steps run attention as fp32 matmuls (fourm.precision.training_attention); it must
+    compute what PyTorch's kernel does, masks and padding included (fp32 here: a tight match)."""
     torch.manual_seed(0)
     m = FourM(model_config("debug", INPUTS, TARGETS))
     batch = make_batch(m.config)
@@ -231,13 +232,32 @@ def test_training_attention_kernel_gives_the_same_loss_and_gradients():
         loss.backward()
         return float(loss.detach()), [p.grad.clone() for p in m.parameters() if p.grad is not None]
 
-    default_loss, default_grads = loss_and_grads(contextlib.nullcontext())
-    with training_attention("cpu", bf16=True):
-        assert torch.backends.cuda.math_sdp_enabled() and not torch.backends.cuda.flash_sdp_enabled()
-    assert torch.backends.cuda.flash_sdp_enabled(), "the kernel choice must not outlive the step"
-    math_loss, math_grads = loss_and_grads(training_attention("cpu", bf16=True))
-    assert math_loss == pytest.approx(default_loss, rel=1e-5)
-    for a, b in zip(default_grads, math_grads, strict=True):
+    calls = []
+    real = layers.attention_fp32
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(layers, "attention_fp32", lambda *a: calls.append(1) or real(*a))
+        default_loss, default_grads = loss_and_grads(contextlib.nullcontext())
+        assert not calls
+        explicit_loss, explicit_grads = loss_and_grads(training_attention("cpu", bf16=True))
+        assert len(calls) == 3  # debug size: the encoder block, the decoder block's self and cross
+        m(batch)
+        assert len(calls) == 3, "the choice must not outlive the step"
+        with training_attention("cpu", bf16=False):  # fp32: PyTorch's own kernel
+            m(batch)
+        assert len(calls) == 3
+    assert explicit_loss == pytest.approx(default_loss, rel=1e-5)
+    for a, b in zip(default_grads, explicit_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-    with training_attention("cpu", bf16=False):
-        assert torch.backends.cuda.flash_sdp_enabled()  # fp32: PyTorch's own choice
+
+
+def test_fp32_attention_matches_the_kernel_in_bf16_and_keeps_the_dtype():
+    """Under bf16 autocast the explicit attention returns bf16 and stays within bf16 rounding."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 16, 8, generator=g).to(torch.bfloat16) for _ in range(3))
+    mask = torch.rand(2, 1, 16, 16, generator=g) < 0.5
+    mask |= torch.eye(16, dtype=torch.bool)  # every row keeps a key
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = layers.attention_fp32(q, k, v, mask)
+    want = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)
