@@ -34,7 +34,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from fourm.labelers.base import LabelerError
     from fourm.launch.local import LaunchError
     from fourm.modalities import ModalityError
-    from fourm.model.generate import GenerationError
+    from fourm.model.generation_types import GenerationError
     from fourm.registry.errors import RegistryError
     from fourm.reproduce import ReproduceError
     from fourm.run_workspace import RunWorkspaceError

@@ -58,7 +58,8 @@ def generate_cmd(
     from fourm.generation_io import parse_assignment, read_input, write_outputs
     from fourm.inference import AnyToAny, resolve_model, step_for
     from fourm.io import atomic_output_dir
-    from fourm.model.generate import GenerationError, parse_plan
+    from fourm.model.generate import parse_plan
+    from fourm.model.generation_types import GenerationError
     from fourm.params import DecodingParams
 
     given_values = {}

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from fourm.modalities import get_modality
-from fourm.model.generate import GenerationStep, Given, chain, draws
+from fourm.model.generate import chain, draws
+from fourm.model.generation_types import GenerationStep, Given
 from fourm.model.masking_config import EOS_ID, SEQUENCE_KINDS, SOS_ID
 from fourm.model.model import FourM
 from fourm.params import DecodingParams

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from fourm.model.config import model_config
-from fourm.model.generate import GenerationStep, Given, generate
+from fourm.model.generate import generate
+from fourm.model.generation_types import GenerationStep, Given
 from fourm.model.model import FourM
 from fourm.precision import use_bf16
 from fourm.train.bench import cpu_model
