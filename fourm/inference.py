@@ -9,7 +9,7 @@ in batches under a seed; ``decode`` turns generated tokens back into values.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -138,16 +138,13 @@ class AnyToAny:
         description: str = "generate",
     ) -> dict[str, Given]:
         """Run ``plan`` on every sample, ``batch_size`` at a time; the same seed gives the same tokens."""
-        if not inputs:
-            raise InferenceError("no inputs: give at least one modality (or an empty target)")
-        total = len(next(iter(inputs.values())))
         generator = torch.Generator(self.device).manual_seed(seed)
         plan = [replace(s, vocab_size=self.tokenizers[s.target].vocab_size) for s in plan]
-        starts = range(0, total, batch_size)
-        parts: list[dict[str, Given]] = []
-        for start in track(starts, len(starts), description, unit="batches"):
-            chunk = {k: _rows(v, start, start + batch_size) for k, v in inputs.items()}
-            parts.append(chain(self.model, chunk, plan, generator, self.bf16).states)
+
+        def run(chunk: dict[str, Given]) -> dict[str, Given]:
+            return chain(self.model, chunk, plan, generator, self.bf16).states
+
+        parts = _in_batches(inputs, batch_size, description, run)
         return {k: _cat([p[k] for p in parts]) for k in parts[0]}
 
     def sample(
@@ -161,18 +158,15 @@ class AnyToAny:
     ) -> list[Given]:
         """``count`` draws of ``step.target``: draw ``k`` equals ``generate(inputs, [step], seed + k)``
         for that target; a one-step parallel decode runs each batch's forward pass once for all."""
-        if not inputs:
-            raise InferenceError("no inputs: give at least one modality (or an empty target)")
         if count < 1:
             raise InferenceError(f"count must be >= 1, got {count}")
-        total = len(next(iter(inputs.values())))
         generators = [torch.Generator(self.device).manual_seed(seed + k) for k in range(count)]
         step = replace(step, vocab_size=self.tokenizers[step.target].vocab_size)
-        starts = range(0, total, batch_size)
-        parts: list[list[Given]] = []
-        for start in track(starts, len(starts), description, unit="batches"):
-            chunk = {k: _rows(v, start, start + batch_size) for k, v in inputs.items()}
-            parts.append(draws(self.model, chunk, step, generators, self.bf16))
+
+        def run(chunk: dict[str, Given]) -> list[Given]:
+            return draws(self.model, chunk, step, generators, self.bf16)
+
+        parts = _in_batches(inputs, batch_size, description, run)
         return [_cat([p[k] for p in parts]) for k in range(count)]
 
     # -- tokens -> values ------------------------------------------------------------------
@@ -203,6 +197,23 @@ class AnyToAny:
                 boxes.append({**box, "score": p})
             out.append(boxes)
         return out
+
+
+def _in_batches(
+    inputs: Mapping[str, Given],
+    batch_size: int,
+    description: str,
+    run: Callable[[dict[str, Given]], Any],
+) -> list[Any]:
+    """``run`` on each ``batch_size`` samples of ``inputs`` in order, under a progress bar."""
+    if not inputs:
+        raise InferenceError("no inputs: give at least one modality (or an empty target)")
+    total = len(next(iter(inputs.values())))
+    starts = range(0, total, batch_size)
+    return [
+        run({k: _rows(v, start, start + batch_size) for k, v in inputs.items()})
+        for start in track(starts, len(starts), description, unit="batches")
+    ]
 
 
 def _rows(given: Given, start: int, stop: int) -> Given:
