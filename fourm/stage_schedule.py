@@ -7,7 +7,7 @@ convolutions get more done on 2 cores than one 2-thread process (the four VQ-VAE
 docs/benchmarks.md). A stage that is the only one ready gets every core, even while
 others still run: a process keeps its thread count for life, and those others are
 the tail of an earlier group (pretraining started beside the last second of
-``eval-tokenizers`` once ran all its 15 minutes on one of two cores). After a failure
+``eval-tokenizers`` once trained its whole run on one of two cores). After a failure
 nothing new starts; the stages already running finish.
 """
 

@@ -216,6 +216,15 @@ def _image_logits(
     return _usable(_guided(logits, batch, step.guidance), step), pos, pad
 
 
+def _image_target(model: FourM, states: Mapping[str, Given], target: str) -> Given:
+    """The checked request's state of the image-like ``target`` (nothing known if not given)."""
+    if get_modality(target).kind in SEQUENCE_KINDS:
+        raise GenerationError(f"{target!r} is a sequence; decode it autoregressively")
+    batch = check_request(model, states, target)
+    device = next(model.parameters()).device
+    return states[target] if target in states else Given.empty(batch, target, device)
+
+
 def parallel_decode(
     model: FourM,
     states: Mapping[str, Given],
@@ -225,12 +234,8 @@ def parallel_decode(
 ) -> Given:
     """Fill every unknown position of an image-like target by MaskGIT or ROAR; known ones stay."""
     target, method = step.target, step.resolved_method
-    m = get_modality(target)
-    if m.kind in SEQUENCE_KINDS:
-        raise GenerationError(f"{target!r} is a sequence; decode it autoregressively")
-    batch = check_request(model, states, target)
-    device = next(model.parameters()).device
-    given = states[target] if target in states else Given.empty(batch, target, device)
+    given = _image_target(model, states, target)
+    batch, device = len(given), next(model.parameters()).device
     tokens, known = given.tokens.clone(), given.known.clone()
     unknown = (~known).sum(1).tolist()
     if step.steps > 1 and target not in model.config.inputs and max(unknown) > 0:
@@ -301,11 +306,7 @@ def _one_pass_draws(
     """One-step MaskGIT draws from one forward pass: draw ``i`` is what ``parallel_decode``
     gives with ``generators[i]`` (the same logits, the same sampling calls)."""
     target = step.target
-    if get_modality(target).kind in SEQUENCE_KINDS:
-        raise GenerationError(f"{target!r} is a sequence; decode it autoregressively")
-    batch = check_request(model, states, target)
-    device = next(model.parameters()).device
-    given = states[target] if target in states else Given.empty(batch, target, device)
+    given = _image_target(model, states, target)
     unknown = ~given.known
     if not bool(unknown.any()):
         return [Given(given.tokens.clone(), given.known.clone()) for _ in generators]
