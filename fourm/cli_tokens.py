@@ -133,7 +133,7 @@ def tokens_validate(
     location: Annotated[str, typer.Argument(help="Token set directory or s3:// URI.")],
 ) -> None:
     """Check every shard of a token set: sha256, shapes, token ids inside each vocabulary."""
-    from fourm.data.token_shards import validate_token_set
+    from fourm.data.token_set import validate_token_set
 
     result = validate_token_set(location)
     for problem in result["problems"]:

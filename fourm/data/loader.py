@@ -45,7 +45,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from fourm.data.token_shards import IDS, TokenSet, TokenSetError, _S3Source
+from fourm.data.token_set import TokenSet
+from fourm.data.token_shards import IDS, TokenSetError
 from fourm.io import canonical_json
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ class TokenStream(IterableDataset):
             ts = TokenSet.open(location, store)
         self._ts = ts
         self._pid = os.getpid()
-        self._is_s3 = isinstance(ts.source, _S3Source)
+        self._is_s3 = ts.in_s3
         if split not in ts.splits:
             raise TokenSetError(f"{ts.location}: no split {split!r}; it has {sorted(ts.splits)}")
         self.split = split

@@ -33,7 +33,8 @@ import numpy as np
 from fourm.data.format import Dataset, read_manifest_rows
 from fourm.data.parts import part_range
 from fourm.data.samples import DatasetInputs, iter_samples
-from fourm.data.token_shards import ModalitySpec, TokenSetWriter, publish_token_set
+from fourm.data.token_set import publish_token_set
+from fourm.data.token_shards import ModalitySpec, TokenSetWriter
 from fourm.io import atomic_output_dir, canonical_json, sha256_file
 from fourm.modalities import get_modality
 from fourm.params import TokenizeParams

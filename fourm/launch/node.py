@@ -38,7 +38,8 @@ _CONFIG_S3_CODES = {
 
 def preflight(worker_args: list[str]) -> str | None:
     """Why this training configuration cannot run, or None when it can."""
-    from fourm.data.token_shards import TokenSet, TokenSetError
+    from fourm.data.token_set import TokenSet
+    from fourm.data.token_shards import TokenSetError
     from fourm.model.config import model_config
     from fourm.params import ParamsError
     from fourm.settings import get_settings

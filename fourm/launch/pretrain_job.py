@@ -35,7 +35,8 @@ NODE_COMMAND = ("python", "-m", "fourm.launch.node")
 def publish_tokens(store: ObjectStore, tokens: Path | str, settings: Settings) -> str:
     """The token set's ``s3://`` location: ``tokens`` itself, or where the local set was published
     (``s3://<tokens bucket>/sets/<sha256 of tokens.json>``)."""
-    from fourm.data.token_shards import TOKENS_CARD, publish_token_set
+    from fourm.data.token_set import publish_token_set
+    from fourm.data.token_shards import TOKENS_CARD
 
     if str(tokens).startswith("s3://"):
         return str(tokens)

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from fourm.data.loader_bench import BENCH_SPECS
-from fourm.data.token_shards import TokenSet, TokenSetWriter
+from fourm.data.token_set import TokenSet
+from fourm.data.token_shards import TokenSetWriter
 from fourm.model.config import model_config
 from fourm.model.masking import Masker
 from fourm.params import MaskingParams

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from fourm.data.loader import StreamLoader, TokenStream
-from fourm.data.token_shards import TokenSet, TokenSetError
+from fourm.data.token_set import TokenSet
+from fourm.data.token_shards import TokenSetError
 from fourm.modalities import get_modality
 from fourm.model.batch import MaskedBatch
 from fourm.model.config import ModelConfig

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from fourm.data.token_shards import TokenSet
+from fourm.data.token_set import TokenSet
 from fourm.io import canonical_json, sha256_bytes
 from fourm.model.batch import MaskedBatch
 from fourm.model.config import ModelConfig, model_config

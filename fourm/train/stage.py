@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fourm.data.token_shards import TokenSet
+from fourm.data.token_set import TokenSet
 from fourm.io import atomic_output_dir, atomic_write_json
 from fourm.params import PretrainParams
 from fourm.tracking import Tracker

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fourm.data.token_shards import TokenSet
+from fourm.data.token_set import TokenSet
 from fourm.params import PretrainParams, load_params
 from fourm.progress import StepProgress
 from fourm.settings import Settings, get_settings

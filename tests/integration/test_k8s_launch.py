@@ -24,7 +24,7 @@ import torch
 import yaml
 from kubernetes import client
 
-from fourm.data.token_shards import TokenSet
+from fourm.data.token_set import TokenSet
 from fourm.launch.k8s_objects import JOB_LABEL, RUN_LABEL, IndexedJobSpec
 from fourm.launch.kubernetes import KubernetesLauncher, WatchTimeouts
 from fourm.launch.local import LaunchError

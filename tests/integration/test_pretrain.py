@@ -16,7 +16,8 @@ import pytest
 import torch
 import yaml
 
-from fourm.data.token_shards import ModalitySpec, TokenSet, TokenSetWriter
+from fourm.data.token_set import TokenSet
+from fourm.data.token_shards import ModalitySpec, TokenSetWriter
 from fourm.params import PretrainParams
 from fourm.registry.api import Registry
 from fourm.settings import Settings

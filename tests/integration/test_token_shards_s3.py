@@ -12,16 +12,8 @@ import numpy as np
 import pytest
 
 from fourm.data.loader import StreamLoader, TokenStream
-from fourm.data.token_shards import (
-    TOKENS_CARD,
-    ModalitySpec,
-    TokenSet,
-    TokenSetError,
-    TokenSetWriter,
-    publish_token_set,
-    shard_file,
-    validate_token_set,
-)
+from fourm.data.token_set import TokenSet, publish_token_set, validate_token_set
+from fourm.data.token_shards import TOKENS_CARD, ModalitySpec, TokenSetError, TokenSetWriter, shard_file
 from fourm.settings import Settings
 from fourm.storage.object_store import SET_MANIFEST, ObjectStore
 

@@ -13,7 +13,7 @@ import pytest
 
 from fourm.data.loader import StreamLoader, TokenStream
 from fourm.data.samples import DatasetInputs
-from fourm.data.token_shards import TokenSet
+from fourm.data.token_set import TokenSet
 from fourm.data.tokenize import run_tokenize
 from fourm.io import sha256_bytes
 from fourm.params import TokenizeParams, TokenizersParams, VQVAEParams

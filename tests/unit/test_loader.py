@@ -11,7 +11,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from fourm.data.loader import StreamLoader, TokenStream
-from fourm.data.token_shards import ModalitySpec, TokenSet, TokenSetWriter
+from fourm.data.token_set import TokenSet
+from fourm.data.token_shards import ModalitySpec, TokenSetWriter
 
 pytestmark = [pytest.mark.unit, pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")]
 

@@ -8,15 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fourm.data.token_shards import (
-    TOKENS_CARD,
-    ModalitySpec,
-    TokenSet,
-    TokenSetError,
-    TokenSetWriter,
-    shard_file,
-    validate_token_set,
-)
+from fourm.data.token_set import TokenSet, validate_token_set
+from fourm.data.token_shards import TOKENS_CARD, ModalitySpec, TokenSetError, TokenSetWriter, shard_file
 from fourm.io import sha256_file
 
 pytestmark = pytest.mark.unit

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from fourm.data.token_shards import ModalitySpec, TokenSet, TokenSetWriter
+from fourm.data.token_set import TokenSet
+from fourm.data.token_shards import ModalitySpec, TokenSetWriter
 from fourm.model.config import ModelConfig, model_config
 from fourm.model.model import FourM
 from fourm.params import PretrainParams
