@@ -83,6 +83,14 @@ def publish_image(path: Path, stage: str, title: str, key_suffix: str = "preview
     )
 
 
+def publish_stage_times(rows: list[dict[str, Any]], timeline: Path) -> None:
+    """Where a pipeline run's time went: a table of the stages' spans and their timeline chart."""
+    create_table_artifact(
+        key="pipeline-stage-times", table=rows, description="each stage's start, seconds and threads"
+    )
+    publish_image(timeline, "pipeline", "where the run's time went", key_suffix="timeline")
+
+
 def publish_stage_report(report: dict[str, Any], stage: str) -> None:
     """Any other stage report as a two-column table."""
     rows = [

@@ -42,6 +42,7 @@ from flows.artifacts import (
     publish_pretrain,
     publish_quarantine,
     publish_stage_report,
+    publish_stage_times,
     publish_tokenizer_eval,
     publish_validation,
 )
@@ -76,10 +77,12 @@ from fourm.run_workspace import (
 )
 from fourm.settings import get_settings
 from fourm.stage_schedule import StageScheduler, thread_env
+from fourm.stage_times import StageTime, restored_from_cache, stage_time_rows, stage_times_line, timeline_png
 from fourm.summary import model_lines, pipeline_summary, validation_line
 from fourm.validation.stage import failure_report_path
 
 REGISTER_REPORT = Path("reports/register.json")
+TIMELINE = Path("reports/pipeline_timeline.png")  # not a DVC output: it stays out of the run's ref
 
 
 class StageFailed(RuntimeError):
@@ -192,10 +195,10 @@ def _publish(report: dict[str, Any], stage: str, report_path: Path | None = None
     retry_delay_seconds=[10, 60],
     retry_condition_fn=retry_only_on(TransientStageFailure),
 )
-def run_stage(
-    stage: str, workspace: str, report: str | None, threads: int | None = None
-) -> dict[str, Any] | None:
+def run_stage(stage: str, workspace: str, report: str | None, threads: int | None = None) -> dict[str, Any]:
     """Reproduce one DVC stage; publish its report (or the failure's) as artifacts.
+
+    Returns when it started and ended (epoch seconds) and whether DVC restored its outputs.
 
     ``threads`` caps the stage's torch/MKL threads while other stages run beside it.
     ``--wait-for-lock``: DVC holds the workspace lock while it starts and records a stage
@@ -222,10 +225,8 @@ def run_stage(
         if (ws / out / QUARANTINE).is_file():  # ingest's rejected files, with their reasons
             publish_quarantine(json.loads((ws / out / QUARANTINE).read_text()), stage)
     if report and (ws / report).exists():
-        data = json.loads((ws / report).read_text())
-        _publish(data, stage, ws / report)
-        return data
-    return None
+        _publish(json.loads((ws / report).read_text()), stage, ws / report)
+    return {"started": started, "ended": time.time(), "restored": restored_from_cache(lines)}
 
 
 @task(name="dvc-push", retries=3, retry_delay_seconds=[2, 5, 15])
@@ -266,8 +267,9 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def run_stages(workspace: Path, reports: dict[str, Path | None], slots: int) -> None:
-    """Run every stage, each once its upstream stages are done, up to ``slots`` at a time.
+def run_stages(workspace: Path, reports: dict[str, Path | None], slots: int) -> list[StageTime]:
+    """Run every stage, each once its upstream stages are done, up to ``slots`` at a time; return
+    each stage's span, from the first stage's start.
 
     A failed stage stops new ones from starting; those running finish, then its error is raised.
     DVC's .gitignore lines and dvc.lock's entries are put in dvc.yaml order, not finishing order,
@@ -278,16 +280,19 @@ def run_stages(workspace: Path, reports: dict[str, Path | None], slots: int) -> 
         {s: [u for u in upstreams[s] if u in reports] for s in reports}, slots, _cores()
     )
     running: dict[PrefectFuture, str] = {}
+    assigned: dict[str, int | None] = {}
+    spans: dict[str, dict[str, Any]] = {}
     error: BaseException | None = None
     while not scheduler.finished:
         for stage, threads in scheduler.launches():
             report = reports[stage]
             future = run_stage.submit(stage, str(workspace), str(report) if report else None, threads)
             running[future] = stage
+            assigned[stage] = threads
         future = next(as_completed(list(running)))
         stage = running.pop(future)
         try:
-            future.result()
+            spans[stage] = future.result()
         except BaseException as err:  # noqa: BLE001 - re-raised below, after the running stages end
             error = error or err
             scheduler.finish(stage, ok=False)
@@ -296,6 +301,11 @@ def run_stages(workspace: Path, reports: dict[str, Path | None], slots: int) -> 
     if error is not None:
         raise error
     order_lock_stages(workspace)
+    origin = min(span["started"] for span in spans.values())
+    return [
+        StageTime(stage, span["started"] - origin, span["ended"] - origin, assigned[stage], span["restored"])
+        for stage, span in spans.items()
+    ]
 
 
 def default_run_name() -> str:
@@ -334,7 +344,9 @@ def pipeline(
     )
     print(f"run {ws.name}: workspace {ws.path} (commit {ws.base_commit[:12]})")
     reports = stage_reports(ws.path)
-    run_stages(ws.path, reports, settings.pipeline_parallel_stages)
+    times = run_stages(ws.path, reports, settings.pipeline_parallel_stages)
+    timeline_png(times, ws.path / TIMELINE, f"run {ws.name}: stages")
+    publish_stage_times(stage_time_rows(times), ws.path / TIMELINE)
     if push_to_remote:
         push(str(ws.path))
     registered = commit_and_tag(ws)
@@ -343,6 +355,7 @@ def pipeline(
         ws.path / "data" / "raw",
         [ws.path / r for s, r in reports.items() if r is not None and s.startswith("validate")],
     ) + model_lines(registered, json.loads(evaluation.read_text()), ws.path / "reports" / "evaluate")
+    summary += [stage_times_line(times), f"timeline of the stages: {ws.path / TIMELINE}"]
     create_markdown_artifact(
         key="pipeline-summary", markdown="\n".join(f"- {line}" for line in summary), description="the run"
     )

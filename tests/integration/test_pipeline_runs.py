@@ -166,6 +166,19 @@ def test_two_concurrent_runs_complete_with_their_own_refs(prefect_server: None, 
     assert any("Running stage 'pretrain'" in m for m in logs)
     assert any("pushed" in m for m in logs)
 
+    # where the run's time went: a row per stage in start order, the timeline PNG, a summary line
+    times = json.loads(artifacts["pipeline-stage-times"].data)
+    assert {r["stage"] for r in times} == STAGES and all(r["seconds"] >= 0 for r in times)
+    assert [r["start (s)"] for r in times] == sorted(r["start (s)"] for r in times)
+    row = {r["stage"]: r for r in times}
+    assert row["pretrain"]["start (s)"] >= row["tokenize"]["start (s)"] + row["tokenize"]["seconds"] - 0.1
+    assert isinstance(row["train-tokenizer@rgb"]["threads"], int)  # side by side on a share of the cores
+    assert "data:image/png;base64,iVBOR" in artifacts["pipeline-timeline"].data
+    assert "stages: " in summary and "longest: " in summary
+    timeline = Path(summary.split("timeline of the stages: ")[1].split()[0])
+    assert timeline.read_bytes().startswith(b"\x89PNG")
+    assert "reports/pipeline_timeline.png" not in _git(ws, "ls-tree", "-r", "--name-only", a).split()
+
     # independent stages ran side by side on a share of the cores; the DAG's order held
     spans = _task_run_spans(states["lr-a"].state_details.flow_run_id)
     (rgb_start, rgb_end), (depth_start, depth_end) = (
@@ -214,6 +227,9 @@ def test_failed_stage_fails_the_run_then_a_fixed_run_reuses_every_output(
     artifacts, logs = _artifacts_and_logs(fixed.state_details.flow_run_id)
     restored = {s for s in STAGES if any(f"Stage '{s}' is cached - skipping run" in m for m in logs)}
     assert restored == STAGES
+    times = json.loads(artifacts["pipeline-stage-times"].data)
+    assert {r["stage"] for r in times} == STAGES
+    assert {r["outputs"] for r in times} == {"restored from the cache"}
     assert (
         "the same model as run refs/fourm-runs/lr-a, which registered it"
         in artifacts["pipeline-summary"].data
