@@ -301,7 +301,7 @@ def run_stages(workspace: Path, reports: dict[str, Path | None], slots: int) -> 
     if error is not None:
         raise error
     order_lock_stages(workspace)
-    origin = min(span["started"] for span in spans.values())
+    origin = min((span["started"] for span in spans.values()), default=0.0)
     return [
         StageTime(stage, span["started"] - origin, span["ended"] - origin, assigned[stage], span["restored"])
         for stage, span in spans.items()
