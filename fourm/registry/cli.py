@@ -326,12 +326,14 @@ def runs_cmd(
     url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Recent stage runs with their status, commit and params hash."""
+    """Recent stage runs with their status, how long they took, commit and params hash."""
     runs = _registry(url).runs(stage, limit)
     if as_json:
         _print_json([r.to_dict() for r in runs])
         return
-    table = Table("id", "stage", "status", "started", "commit", "params sha256", "flow run", title="runs")
+    table = Table(
+        "id", "stage", "status", "started", "seconds", "commit", "params sha256", "flow run", title="runs"
+    )
     for r in runs:
         commit = (r.git_commit or "–")[:10] + ("+dirty" if r.git_dirty else "")
         table.add_row(
@@ -339,6 +341,7 @@ def runs_cmd(
             r.stage,
             r.status,
             r.started_at.isoformat(timespec="seconds"),
+            "–" if r.seconds is None else f"{r.seconds:.1f}",
             commit,
             (r.params_sha256 or "–")[:12],
             r.prefect_flow_run_id or "–",

@@ -39,10 +39,16 @@ class RunInfo:
     host: str | None
     error: str | None
 
+    @property
+    def seconds(self) -> float | None:
+        """How long the run took (None while it runs)."""
+        return (self.finished_at - self.started_at).total_seconds() if self.finished_at else None
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["started_at"] = self.started_at.isoformat()
         d["finished_at"] = self.finished_at.isoformat() if self.finished_at else None
+        d["seconds"] = self.seconds
         return d
 
 

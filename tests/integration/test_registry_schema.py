@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -103,6 +104,29 @@ def test_cli_reports_bad_input_in_one_line(registry_url: str) -> None:
     assert json.loads(output)[0]["production"] == [1]
     code, output = _cli("lineage", "demo", "--format", "mermaid", url=registry_url)
     assert code == 0 and output.startswith("flowchart LR")
+
+
+def test_cli_runs_lists_stage_runs_with_how_long_they_took(registry_url: str) -> None:
+    reg = Registry(registry_url)
+    done = reg.start_run("pretrain", {"steps": 10}, git_commit="a" * 40)
+    reg.finish_run(done, "succeeded")
+    reg.start_run("evaluate")  # still running
+    reg.close()
+    code, output = _cli("runs", "--json", url=registry_url)
+    assert code == 0
+    rows = {r["stage"]: r for r in json.loads(output)}
+    took = dt.datetime.fromisoformat(rows["pretrain"]["finished_at"]) - dt.datetime.fromisoformat(
+        rows["pretrain"]["started_at"]
+    )
+    assert rows["pretrain"]["seconds"] == pytest.approx(took.total_seconds()) and took.total_seconds() >= 0
+    assert rows["evaluate"]["status"] == "running" and rows["evaluate"]["seconds"] is None
+    result = CliRunner().invoke(
+        app, ["registry", "runs", "--stage", "pretrain", "--url", registry_url], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.output.splitlines() if "stage" in line)
+    assert header.index("started") < header.index("seconds") < header.index("commit")
+    assert "succeeded" in result.output and "aaaaaaaaaa" in result.output and "evaluate" not in result.output
 
 
 @pytest.mark.parametrize(
