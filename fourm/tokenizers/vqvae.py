@@ -175,7 +175,8 @@ class EMAQuantizer(nn.Module):
             self._ema_update(flat.detach(), codes)
         commitment = F.mse_loss(flat, quantised.detach())
         out = flat + (quantised - flat).detach()
-        return out.view(b, h, w, d).permute(0, 3, 1, 2), codes.view(b, h, w), commitment
+        # contiguous NCHW: a permuted (channels-last) tensor sends every GroupNorm down its slow path
+        return out.view(b, h, w, d).permute(0, 3, 1, 2).contiguous(), codes.view(b, h, w), commitment
 
 
 class FSQuantizer(nn.Module):
@@ -217,11 +218,11 @@ class FSQuantizer(nn.Module):
         zl = self.project_in(z).float().permute(0, 2, 3, 1)  # (B, h, w, L)
         scaled = self._scaled(zl)
         codes = self._to_codes(scaled.detach())
-        out = self.project_out(scaled.permute(0, 3, 1, 2))
+        out = self.project_out(scaled.permute(0, 3, 1, 2).contiguous())
         return out, codes, torch.zeros((), device=z.device)
 
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.project_out(self.lookup(codes).permute(0, 3, 1, 2).float())
+        return self.project_out(self.lookup(codes).permute(0, 3, 1, 2).float().contiguous())
 
 
 class VQVAE(nn.Module):
@@ -248,7 +249,7 @@ class VQVAE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, C, H, W) -> (reconstruction (B, C_out, H, W), codes (B, h, w), commitment loss)."""
-        z = self.encoder(x)
+        z = self.encoder(x.contiguous())
         with torch.autocast(x.device.type, enabled=False):
             zq, codes, commitment = self.quantizer(z)
         return self.decoder(zq), codes, commitment
@@ -256,7 +257,7 @@ class VQVAE(nn.Module):
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C, H, W) -> token ids (B, h*w), row-major."""
-        z = self.encoder(x)
+        z = self.encoder(x.contiguous())
         with torch.autocast(x.device.type, enabled=False):
             _, codes, _ = self.quantizer(z.float())
         return codes.flatten(1)
@@ -270,5 +271,5 @@ class VQVAE(nn.Module):
         if isinstance(self.quantizer, FSQuantizer):
             zq = self.quantizer.embed_codes(codes)
         else:
-            zq = self.quantizer.lookup(codes).permute(0, 3, 1, 2)
+            zq = self.quantizer.lookup(codes).permute(0, 3, 1, 2).contiguous()
         return self.decoder(zq)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from fourm.modalities import get_modality
 from fourm.params import VQVAEParams
@@ -130,6 +131,28 @@ def test_vqvae_shapes_for_every_image_modality() -> None:
         tokens = model.encode(torch.randn(2, channels, 64, 64))
         assert tokens.shape == (2, 64), name
         assert model.decode(tokens).shape == (2, channels, 64, 64)
+
+
+def test_activations_stay_contiguous_nchw_for_channels_last_input() -> None:
+    """The codecs hand the model permuted (channels-last) NHWC arrays; a permuted tensor
+    reaching GroupNorm takes its slow channels-last kernel (about 10x slower in bf16)."""
+    for quantizer in ("vq", "fsq"):
+        model = VQVAE(VQVAEConfig(3, 3, 1024, width=8, code_dim=8, quantizer=quantizer))
+        contiguous: list[bool] = []
+
+        def record(_module: nn.Module, args: tuple[torch.Tensor], seen: list[bool] = contiguous) -> None:
+            seen.append(args[0].is_contiguous())
+
+        for module in model.modules():
+            if isinstance(module, nn.GroupNorm):
+                module.register_forward_pre_hook(record)
+        x = torch.rand(2, 64, 64, 3).permute(0, 3, 1, 2)
+        assert not x.is_contiguous()
+        model(x)
+        model.decode(model.encode(x))
+        assert contiguous and all(contiguous), (
+            f"{quantizer}: {contiguous.count(False)} of {len(contiguous)} GroupNorm inputs not contiguous"
+        )
 
 
 def test_metrics_on_known_values() -> None:
