@@ -67,7 +67,7 @@ MAX_CHARS_PER_WORD = 100
 OBJECT_TOKENS = 5  # xmin ymin xmax ymax class
 
 
-# params.yaml ``tokenizers.text``; one definition, in fourm/params.py.
+# params.yaml ``tokenizers.text``; one definition, in fourm/params/.
 TextTokenizerParams = TextParams
 
 

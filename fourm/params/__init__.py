@@ -10,27 +10,27 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
-SPLITS = ("train", "val", "test")
+from fourm.params.base import SPLITS, SplitFractions, StrictModel
+from fourm.params.evaluate import DecodingParams, EvalTask, EvaluateParams, TransferParams
+from fourm.params.kubernetes import KubernetesParams, PodParams, ShardParallelParams, TolerationParams
+
+__all__ = [  # the models of the submodules are part of this module's interface
+    "SPLITS",
+    "DecodingParams",
+    "EvalTask",
+    "EvaluateParams",
+    "KubernetesParams",
+    "PodParams",
+    "ShardParallelParams",
+    "SplitFractions",
+    "StrictModel",
+    "TolerationParams",
+    "TransferParams",
+]
+
 MASKING_SENTINELS = 32  # sentinel tokens span masking uses (fourm/model/masking_config.py)
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SplitFractions(StrictModel):
-    train: float = Field(0.8, ge=0, le=1)
-    val: float = Field(0.1, ge=0, le=1)
-    test: float = Field(0.1, ge=0, le=1)
-
-    @model_validator(mode="after")
-    def _sum_to_one(self) -> SplitFractions:
-        total = self.train + self.val + self.test
-        if abs(total - 1.0) > 1e-6:
-            raise ValueError(f"split fractions must sum to 1, got {total:g}")
-        return self
 
 
 class SourceParams(StrictModel):
@@ -74,78 +74,6 @@ class GenerateParams(StrictModel):
 
 
 LabelModality = Literal["depth", "normal", "semseg", "instance", "boxes", "edges", "clip", "caption"]
-
-
-class TolerationParams(StrictModel):
-    """A Kubernetes toleration for the training pods (e.g. of a GPU node taint)."""
-
-    key: str
-    operator: Literal["Equal", "Exists"] = "Exists"
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-
-
-class PodParams(StrictModel):
-    """What every fourm pod on Kubernetes gets: resources, placement, credentials, retries.
-
-    Where the cluster is (context, namespace, image) are settings, not params.
-    """
-
-    cpu: str = Field("4", description="CPU request and limit per pod.")
-    memory: str = Field("16Gi", description="Memory request and limit per pod.")
-    gpus_per_node: int = Field(0, ge=0, description="nvidia.com/gpu per pod; 0 = CPU pods.")
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[TolerationParams] = Field(default_factory=list)
-    priority_class: str | None = None
-    service_account: str = "fourm-trainer"
-    s3_secret: str = Field("fourm-s3", description="Secret with FOURM_S3_ENDPOINT/ACCESS_KEY/SECRET_KEY.")
-    wandb_secret: str | None = Field("fourm-wandb", description="Secret with WANDB_API_KEY (optional).")
-    volume_claim: str | None = Field(
-        None, description="A ReadWriteMany PVC mounted at volume_mount (inputs shared with the caller)."
-    )
-    volume_mount: str = "/data"
-    max_retries: int = Field(3, ge=0, description="Pod restarts after failures before the Job fails.")
-    ttl_seconds_after_finished: int = Field(3600, ge=0)
-    pending_timeout_s: float = Field(600, gt=0, description="Give up on a pod that cannot start this long.")
-    stall_timeout_s: float = Field(3600, gt=0, description="Give up when nothing changes this long.")
-
-
-class KubernetesParams(PodParams):
-    """Shape of a pretraining job on Kubernetes: one pod per node, torchrun in each."""
-
-    nodes: int = Field(2, ge=1, description="Pods (an Indexed Job), one per node.")
-    gpus_per_node: int = Field(8, ge=0, description="nvidia.com/gpu per pod; 0 = CPU pods.")
-    procs_per_node: int | None = Field(
-        None, ge=1, description="torchrun processes per pod (default: gpus_per_node, or 1 on CPU)."
-    )
-    cpu: str = Field("32", description="CPU request and limit per pod.")
-    memory: str = Field("256Gi", description="Memory request and limit per pod.")
-    shm_size: str = Field("32Gi", description="Size of /dev/shm (a memory emptyDir) for loader workers.")
-    tolerations: list[TolerationParams] = Field(
-        default_factory=lambda: [TolerationParams(key="nvidia.com/gpu", effect="NoSchedule")]
-    )
-    max_retries: int = Field(
-        3, ge=0, description="Whole-group restarts after pod failures (Job backoffLimit = this x nodes)."
-    )
-    rendezvous_port: int = Field(29400, ge=1024, le=65535)
-
-    @property
-    def nproc_per_node(self) -> int:
-        return self.procs_per_node or max(1, self.gpus_per_node)
-
-    @property
-    def world_size(self) -> int:
-        return self.nodes * self.nproc_per_node
-
-
-class ShardParallelParams(StrictModel):
-    """Where a shard-parallel stage runs: here, or as a Kubernetes Indexed Job of ``parts`` pods."""
-
-    launcher: Literal["local", "kubernetes"] = Field(
-        "local", description="kubernetes: one pod per range of shards, then this process assembles."
-    )
-    parts: int = Field(4, ge=1, description="Kubernetes launcher: pods (ranges of shards).")
-    kubernetes: PodParams = PodParams()
 
 
 class LabelParams(ShardParallelParams):
@@ -450,82 +378,6 @@ class IngestParams(StrictModel):
     splits: SplitFractions = SplitFractions()
     samples_per_shard: int = Field(256, ge=1)
     name: str | None = Field(None, description="Dataset name in the card (default: ingest-<source name>).")
-
-
-EvalTask = Literal[
-    "rgb->depth", "rgb->normal", "rgb->semseg", "rgb->boxes", "rgb->caption", "caption->semseg"
-]
-
-
-class DecodingParams(StrictModel):
-    """How one kind of target is generated (fourm/model/generate.py)."""
-
-    method: Literal["maskgit", "roar", "autoregressive"] | None = Field(
-        None, description="None: MaskGIT for image-like targets, autoregressive for sequences."
-    )
-    steps: int = Field(8, ge=1, description="Parallel decoding steps (MaskGIT/ROAR).")
-    schedule: Literal["cosine", "linear"] = "cosine"
-    temperature: float = Field(0.0, ge=0, description="0 = greedy.")
-    temperature_schedule: Literal["constant", "linear", "cosine"] = "constant"
-    top_k: int = Field(0, ge=0, description="0 = no top-k filter.")
-    top_p: float = Field(1.0, gt=0, le=1)
-    guidance: float = Field(1.0, ge=0, description="Classifier-free guidance scale; 1 = off.")
-
-
-class TransferParams(StrictModel):
-    """Fine-tune the pretrained encoder (a ViT on pixel patches) to count objects, vs. from scratch."""
-
-    enabled: bool = True
-    steps: int = Field(200, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(3e-4, gt=0)
-    weight_decay: float = Field(0.05, ge=0)
-    warmup_steps: int = Field(30, ge=0)
-    max_count: int = Field(6, ge=1)
-    eval_batch_size: int = Field(256, ge=1)
-
-
-class EvaluateParams(StrictModel):
-    """Downstream evaluation on a held-out split through the real tokenizers and decoding."""
-
-    split: str = Field("test", description="Split of the labeled dataset to evaluate on.")
-    max_samples: int = Field(0, ge=0, description="0 = every sample of the split.")
-    tasks: tuple[EvalTask, ...] = (
-        "rgb->depth",
-        "rgb->normal",
-        "rgb->semseg",
-        "rgb->boxes",
-        "rgb->caption",
-        "caption->semseg",
-    )
-    batch_size: int = Field(50, ge=1)
-    seed: int = Field(0, ge=0)
-    bf16: bool = Field(True, description="Only where the hardware runs bf16 natively.")
-    image: DecodingParams = DecodingParams()
-    image_samples: int = Field(
-        1,
-        ge=1,
-        description="Image-to-image tasks (rgb -> depth): score one estimate from this many sampled"
-        " predictions (the mean; the renormalised mean for normals; the per-pixel majority for semseg)."
-        " > 1 needs image.temperature > 0.",
-    )
-    sequence: DecodingParams = DecodingParams()
-    presence_min_fraction: float = Field(
-        0.01, gt=0, lt=1, description="caption->semseg: a class is present above this share of pixels."
-    )
-    gallery_samples: int = Field(6, ge=1)
-    transfer: TransferParams = TransferParams()
-
-    @model_validator(mode="after")
-    def _distinct_tasks(self) -> EvaluateParams:
-        if len(set(self.tasks)) != len(self.tasks) or not self.tasks:
-            raise ValueError(f"tasks must be a non-empty list without repeats, got {list(self.tasks)}")
-        if self.image_samples > 1 and self.image.temperature == 0:
-            raise ValueError(
-                f"image_samples {self.image_samples} with image.temperature 0: greedy samples are all the"
-                " same; set image.temperature > 0 (e.g. 1.0) or image_samples: 1"
-            )
-        return self
 
 
 class Params(StrictModel):
