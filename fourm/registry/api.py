@@ -17,15 +17,14 @@ import getpass
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import Engine, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from fourm.events import emit_model_event
 from fourm.params import RegistryParams
-from fourm.registry import convert
+from fourm.registry import convert, lookup
 from fourm.registry import lineage as lineage_walk
 from fourm.registry.db import make_engine, migrate
 from fourm.registry.entities import ArtifactInfo, LineageGraph, PromotionInfo, RunInfo, VersionInfo
@@ -47,28 +46,9 @@ from fourm.registry.models import (
 from fourm.registry.refs import ModelRef, check_alias, parse_ref
 
 RUN_STATUSES = ("running", "succeeded", "failed")
-T = TypeVar("T")
 StageChangeHook = Callable[[PromotionInfo, ArtifactInfo], object]
 _STAGE_CHANGES = "fourm.stage_changes"  # Session.info key: changes to announce after commit
 logger = logging.getLogger(__name__)
-
-
-def _get(s: Session, table: type[T], ident: int, what: str) -> T:
-    row = s.get(table, ident)
-    if row is None:
-        raise NotFound(f"unknown {what} {ident}")
-    return row
-
-
-def _insert_or_get(s: Session, row: T, query: Any) -> T:
-    """Insert ``row``; if a concurrent transaction inserted the same unique key first, return theirs."""
-    try:
-        with s.begin_nested():
-            s.add(row)
-            s.flush()
-        return row
-    except IntegrityError:
-        return s.scalars(query).one()
 
 
 def default_actor() -> str:
@@ -135,7 +115,7 @@ class Registry:
             raise RegistryError(f"artifact {name!r}: sha256 must be 64 lowercase hex digits, got {sha256!r}")
         with self._tx() as s:
             query = select(Artifact).filter_by(kind=kind, name=name, sha256=sha256)
-            row = s.scalars(query).one_or_none() or _insert_or_get(
+            row = s.scalars(query).one_or_none() or lookup.insert_or_get(
                 s,
                 Artifact(kind=kind, name=name, uri=uri, sha256=sha256, size=size, meta=metadata or {}),
                 query,
@@ -171,12 +151,12 @@ class Registry:
     def link(self, run_id: int, inputs: Sequence[int] = (), outputs: Sequence[int] = ()) -> None:
         """Add lineage edges: the run consumed ``inputs`` and produced ``outputs``."""
         with self._tx() as s:
-            self._run(s, run_id)
+            lookup.run(s, run_id)
             for aid in inputs:
                 if s.get(RunInput, (run_id, aid)) is None:
-                    s.add(RunInput(run_id=run_id, artifact_id=self._artifact(s, aid).id))
+                    s.add(RunInput(run_id=run_id, artifact_id=lookup.artifact(s, aid).id))
             for aid in outputs:
-                art = self._artifact(s, aid)
+                art = lookup.artifact(s, aid)
                 if s.get(RunOutput, (run_id, aid)) is None:
                     s.add(RunOutput(run_id=run_id, artifact_id=art.id))
                 if art.created_by_run_id is None:
@@ -186,13 +166,13 @@ class Registry:
         if status not in RUN_STATUSES[1:]:
             raise RegistryError(f"run status must be succeeded or failed, got {status!r}")
         with self._tx() as s:
-            run = self._run(s, run_id)
+            run = lookup.run(s, run_id)
             run.status, run.error, run.finished_at = status, error, utcnow()
             return convert.run(run)
 
     def attach_dvc_lock(self, run_id: int, sha256: str) -> None:
         with self._tx() as s:
-            self._run(s, run_id).dvc_lock_sha256 = sha256
+            lookup.run(s, run_id).dvc_lock_sha256 = sha256
 
     def attach_dvc_lock_by_flow_run(self, stage: str, flow_run_id: str, sha256: str) -> int | None:
         """Set the dvc.lock entry hash on the latest run of ``stage`` in a flow run."""
@@ -210,7 +190,7 @@ class Registry:
 
     def get_run(self, run_id: int) -> RunInfo:
         with self._tx() as s:
-            return convert.run(self._run(s, run_id))
+            return convert.run(lookup.run(s, run_id))
 
     def runs(self, stage: str | None = None, limit: int = 50) -> list[RunInfo]:
         with self._tx() as s:
@@ -222,14 +202,14 @@ class Registry:
     def run_io(self, run_id: int) -> tuple[list[ArtifactInfo], list[ArtifactInfo]]:
         """(inputs, outputs) of a run."""
         with self._tx() as s:
-            self._run(s, run_id)
+            lookup.run(s, run_id)
             ins = s.scalars(select(Artifact).join(RunInput).filter(RunInput.run_id == run_id))
             outs = s.scalars(select(Artifact).join(RunOutput).filter(RunOutput.run_id == run_id))
             return [convert.artifact(a) for a in ins], [convert.artifact(a) for a in outs]
 
     def get_artifact(self, artifact_id: int) -> ArtifactInfo:
         with self._tx() as s:
-            return convert.artifact(self._artifact(s, artifact_id))
+            return convert.artifact(lookup.artifact(s, artifact_id))
 
     def find_artifacts(self, sha256_prefix: str) -> list[ArtifactInfo]:
         with self._tx() as s:
@@ -257,12 +237,12 @@ class Registry:
         """Add the next version (monotonic per model, also under concurrency) of ``name``."""
         parse_ref(name)  # validates the name's characters
         with self._tx() as s:
-            model = self._lock_model(s, name, create=True)
-            self._artifact(s, checkpoint_artifact_id)
+            model = lookup.lock_model(s, name, create=True)
+            lookup.artifact(s, checkpoint_artifact_id)
             if evaluation_artifact_id is not None:
-                self._artifact(s, evaluation_artifact_id)
+                lookup.artifact(s, evaluation_artifact_id)
             if run_id is not None:
-                self._run(s, run_id)
+                lookup.run(s, run_id)
             model.last_version += 1
             mv = ModelVersion(
                 model_id=model.id,
@@ -277,14 +257,14 @@ class Registry:
             s.add(mv)
             s.flush()
             for aid in dict.fromkeys(tokenizer_artifact_ids):
-                self._artifact(s, aid)
+                lookup.artifact(s, aid)
                 s.add(ModelVersionTokenizer(model_version_id=mv.id, artifact_id=aid))
             s.flush()
             return convert.version(s, mv)
 
     def get_version(self, ref: str | ModelRef) -> VersionInfo:
         with self._tx() as s:
-            return convert.version(s, self._resolve(s, ref))
+            return convert.version(s, lookup.resolve(s, ref))
 
     def list_models(self) -> list[dict[str, Any]]:
         """One row per model: latest version, versions per stage, aliases."""
@@ -311,7 +291,7 @@ class Registry:
 
     def list_versions(self, name: str) -> list[VersionInfo]:
         with self._tx() as s:
-            model = self._model(s, name)
+            model = lookup.model(s, name)
             return [convert.version(s, v) for v in model.versions]
 
     # -- promotion ------------------------------------------------------------------
@@ -335,11 +315,11 @@ class Registry:
             raise RegistryError("--force needs a --reason: forced promotions are audited")
         parsed = ref if isinstance(ref, ModelRef) else parse_ref(ref)
         with self._tx() as s:
-            model = self._lock_model(s, parsed.name)
-            mv = self._resolve(s, parsed)
+            model = lookup.lock_model(s, parsed.name)
+            mv = lookup.resolve(s, parsed)
             if mv.stage == to_stage:
                 raise RegistryError(f"{model.name}:{mv.version} is already in stage {to_stage!r}")
-            current = self._in_stage(s, model.id, "production")
+            current = lookup.in_stage(s, model.id, "production")
             results = evaluate_gates(self.gates, to_stage, convert.version(s, mv), self._maybe(s, current))
             failed = [k for k, r in results.items() if not r["passed"]]
             if failed and not force:
@@ -352,8 +332,8 @@ class Registry:
     def rollback(self, name: str, reason: str | None = None, *, actor: str | None = None) -> PromotionInfo:
         """Re-promote the version that the current production version replaced."""
         with self._tx() as s:
-            model = self._lock_model(s, name)
-            current = self._in_stage(s, model.id, "production")
+            model = lookup.lock_model(s, name)
+            current = lookup.in_stage(s, model.id, "production")
             if current is None:
                 raise RegistryError(f"model {name!r} has no production version to roll back")
             event = s.scalars(
@@ -386,7 +366,7 @@ class Registry:
 
     def history(self, name: str) -> list[PromotionInfo]:
         with self._tx() as s:
-            model = self._model(s, name)
+            model = lookup.model(s, name)
             q = (
                 select(PromotionEvent)
                 .join(ModelVersion, PromotionEvent.model_version_id == ModelVersion.id)
@@ -398,7 +378,7 @@ class Registry:
     def tag_version(self, ref: str | ModelRef, tags: dict[str, Any]) -> VersionInfo:
         """Merge ``tags`` into a version's tags (e.g. the git ref of the run that made it)."""
         with self._tx() as s:
-            mv = self._resolve(s, ref)
+            mv = lookup.resolve(s, ref)
             mv.tags = {**(mv.tags or {}), **tags}
             s.flush()
             return convert.version(s, mv)
@@ -408,9 +388,9 @@ class Registry:
     def set_alias(self, ref: str, alias: str) -> VersionInfo:
         check_alias(alias)
         with self._tx() as s:
-            mv = self._resolve(s, ref)
+            mv = lookup.resolve(s, ref)
             query = select(ModelAlias).filter_by(model_id=mv.model_id, alias=alias).with_for_update()
-            row = s.scalars(query).one_or_none() or _insert_or_get(
+            row = s.scalars(query).one_or_none() or lookup.insert_or_get(
                 s, ModelAlias(model_id=mv.model_id, alias=alias, model_version_id=mv.id), query
             )
             row.model_version_id = mv.id
@@ -419,7 +399,7 @@ class Registry:
 
     def remove_alias(self, name: str, alias: str) -> None:
         with self._tx() as s:
-            model = self._model(s, name)
+            model = lookup.model(s, name)
             row = s.get(ModelAlias, (model.id, alias))
             if row is None:
                 raise NotFound(f"model {name!r} has no alias {alias!r}")
@@ -436,11 +416,11 @@ class Registry:
                 ident = start.partition(":")[2]
                 if not ident.isdigit():
                     raise BadReference(f"malformed artifact reference {start!r}; expected artifact:ID")
-                node = lineage_walk._artifact_node(self._artifact(s, int(ident)), 0)
+                node = lineage_walk._artifact_node(lookup.artifact(s, int(ident)), 0)
             elif start.startswith("sha256:"):
-                node = lineage_walk._artifact_node(self._artifact_by_sha(s, start.partition(":")[2]), 0)
+                node = lineage_walk._artifact_node(lookup.artifact_by_sha(s, start.partition(":")[2]), 0)
             else:
-                node = lineage_walk._version_node(self._resolve(s, start), 0)
+                node = lineage_walk._version_node(lookup.resolve(s, start), 0)
             return lineage_walk.walk(s, node, direction, depth)
 
     def upstream_artifacts(self, ref: str) -> list[ArtifactInfo]:
@@ -481,17 +461,6 @@ class Registry:
 
     # -- internals ------------------------------------------------------------------
 
-    @staticmethod
-    def _artifact_by_sha(s: Session, prefix: str) -> Artifact:
-        if len(prefix) < 6:
-            raise BadReference(f"sha256 prefix {prefix!r} is too short; give at least 6 hex digits")
-        rows = list(s.scalars(select(Artifact).filter(Artifact.sha256.startswith(prefix.lower())).limit(2)))
-        if not rows:
-            raise NotFound(f"no artifact with sha256 starting {prefix!r}")
-        if len(rows) > 1:
-            raise BadReference(f"sha256 prefix {prefix!r} matches several artifacts; give more digits")
-        return rows[0]
-
     def _move(
         self,
         s: Session,
@@ -505,7 +474,7 @@ class Registry:
     ) -> PromotionInfo:
         replaced = None
         if to_stage == "production":
-            current = self._in_stage(s, model.id, "production")
+            current = lookup.in_stage(s, model.id, "production")
             if current is not None and current.id != mv.id:
                 current.stage = "archived"
                 replaced = current.id
@@ -524,68 +493,10 @@ class Registry:
         s.add(event)
         s.flush()
         info = convert.promotion(s, event)
-        checkpoint = convert.artifact(self._artifact(s, mv.checkpoint_artifact_id))
+        checkpoint = convert.artifact(lookup.artifact(s, mv.checkpoint_artifact_id))
         s.info.setdefault(_STAGE_CHANGES, []).append((info, checkpoint))
         return info
 
     @staticmethod
     def _maybe(s: Session, mv: ModelVersion | None) -> VersionInfo | None:
         return convert.version(s, mv) if mv is not None else None
-
-    @staticmethod
-    def _in_stage(s: Session, model_id: int, stage: str) -> ModelVersion | None:
-        q = (
-            select(ModelVersion)
-            .filter_by(model_id=model_id, stage=stage)
-            .order_by(ModelVersion.version.desc())
-        )
-        return s.scalars(q.limit(1)).one_or_none()
-
-    @staticmethod
-    def _run(s: Session, run_id: int) -> Run:
-        return _get(s, Run, run_id, "run")
-
-    @staticmethod
-    def _artifact(s: Session, artifact_id: int) -> Artifact:
-        return _get(s, Artifact, artifact_id, "artifact")
-
-    @staticmethod
-    def _model(s: Session, name: str) -> Model:
-        model = s.scalars(select(Model).filter_by(name=name)).one_or_none()
-        if model is None:
-            raise NotFound(f"unknown model {name!r}")
-        return model
-
-    def _lock_model(self, s: Session, name: str, create: bool = False) -> Model:
-        """The model's row, locked for this transaction (created first if asked)."""
-        q = select(Model).filter_by(name=name).with_for_update()
-        model = s.scalars(q).one_or_none()
-        if model is None and create:
-            model = _insert_or_get(s, Model(name=name), q)
-        if model is None:
-            raise NotFound(f"unknown model {name!r}")
-        return model
-
-    def _resolve(self, s: Session, ref: str | ModelRef) -> ModelVersion:
-        parsed = ref if isinstance(ref, ModelRef) else parse_ref(ref)
-        model = self._model(s, parsed.name)
-        if parsed.version is not None:
-            mv = s.scalars(
-                select(ModelVersion).filter_by(model_id=model.id, version=parsed.version)
-            ).one_or_none()
-            if mv is None:
-                raise NotFound(f"model {parsed.name!r} has no version {parsed.version}")
-            return mv
-        if parsed.alias is not None:
-            if parsed.alias in STAGES:
-                mv = self._in_stage(s, model.id, parsed.alias)
-                if mv is None:
-                    raise NotFound(f"model {parsed.name!r} has no version in stage {parsed.alias!r}")
-                return mv
-            alias = s.get(ModelAlias, (model.id, parsed.alias))
-            if alias is None:
-                raise NotFound(f"model {parsed.name!r} has no alias {parsed.alias!r}")
-            return s.get(ModelVersion, alias.model_version_id)
-        if not model.versions:
-            raise NotFound(f"model {parsed.name!r} has no versions")
-        return model.versions[-1]

@@ -12,7 +12,8 @@ from pathlib import Path
 from fourm.modalities import Modality, get_modality
 from fourm.tokenizers.base import Tokenizer, TokenizerError, directory_fingerprint
 from fourm.tokenizers.image import ImageTokenizer
-from fourm.tokenizers.text import BoxTokenizer, CaptionTokenizer, TextTokenizer
+from fourm.tokenizers.text import TextTokenizer
+from fourm.tokenizers.text_views import BoxTokenizer, CaptionTokenizer
 
 TEXT_VIEWS = {"caption": CaptionTokenizer, "boxes": BoxTokenizer}
 

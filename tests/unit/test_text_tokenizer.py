@@ -20,14 +20,8 @@ from fourm.data.scene import CLASSES
 from fourm.data.synthetic import make_sample
 from fourm.modalities import TEXT_VOCAB, get_modality
 from fourm.tokenizers.base import CONFIG_FILE, Tokenizer, TokenizerError, directory_fingerprint
-from fourm.tokenizers.text import (
-    HF_FILE,
-    BoxTokenizer,
-    CaptionTokenizer,
-    TextTokenizer,
-    TextTokenizerParams,
-    as_text_params,
-)
+from fourm.tokenizers.text import HF_FILE, TextTokenizer, TextTokenizerParams, as_text_params
+from fourm.tokenizers.text_views import BoxTokenizer, CaptionTokenizer
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.unit
