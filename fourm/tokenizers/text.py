@@ -377,6 +377,8 @@ class TextTokenizer:
                 out[j, :4] = self.quantize(bbox)
             except (TokenizerError, TypeError, ValueError) as exc:
                 raise TokenizerError(f"{where}: {exc}") from None
+            if out[j, 0] > out[j, 2] or out[j, 1] > out[j, 3]:
+                raise TokenizerError(f"{where}: bbox must have x0 <= x1 and y0 <= y1, got {bbox!r}")
             out[j, 4] = self._class_index[name]
         return _canonical(out)
 
@@ -413,7 +415,8 @@ class TextTokenizer:
         """Box lists ``[{"class", "bbox"}]`` in canonical order; malformed rows raise TokenizerError.
 
         A leading ``[SOS]`` is skipped and a row ends at its first ``[EOS]``/``[PAD]`` (or its
-        end). Between them every object must be four ``[LOC_i]`` then one ``[CLS_name]``.
+        end). Between them every object must be four ``[LOC_i]`` (xmin <= xmax, ymin <= ymax)
+        then one ``[CLS_name]``.
         """
         rows = self._rows(tokens)
         out = []
@@ -438,6 +441,14 @@ class TextTokenizer:
                 )
             grid = body.reshape(-1, OBJECT_TOKENS)
             objects = np.concatenate([self._loc_of[grid[:, :4]], self._cls_of[grid[:, 4:]]], axis=1)
+            inverted = np.flatnonzero((objects[:, 0] > objects[:, 2]) | (objects[:, 1] > objects[:, 3]))
+            if inverted.size:
+                k = int(inverted[0])
+                first = start + k * OBJECT_TOKENS
+                raise TokenizerError(
+                    f"boxes row {r}, positions {first}..{first + 3}: inverted box, coordinates "
+                    f"{self.dequantize(objects[k, :4])} (xmin > xmax or ymin > ymax)"
+                )
             out.append(self._as_dicts(_canonical(objects)))
         return out
 

@@ -187,6 +187,8 @@ def test_unknown_class_and_bad_boxes_raise(tok) -> None:
         tok.encode_boxes([[{"class": "cube", "bbox": [0, 0, 65, 1]}]], 64)
     with pytest.raises(TokenizerError, match="bbox must be"):
         tok.encode_boxes([[{"class": "cube", "bbox": [0, 0, 1]}]], 64)
+    with pytest.raises(TokenizerError, match=r"row 0, object 0: bbox must have x0 <= x1 and y0 <= y1"):
+        tok.encode_boxes([[{"class": "cube", "bbox": [5, 0, 1, 1]}]], 64)
 
 
 def test_malformed_box_sequences_raise_naming_the_position(tok) -> None:
@@ -203,6 +205,11 @@ def test_malformed_box_sequences_raise_naming_the_position(tok) -> None:
     partial = np.array([tok.start_id, *good[1:6], loc_id, loc_id, tok.end_id])
     with pytest.raises(TokenizerError, match=r"positions 6\.\.7: trailing partial object"):
         tok.decode_boxes(partial)
+    swapped = [*good[3:5], *good[1:3], good[5]]  # the same box with its corners swapped, as a second object
+    inverted = np.array([*good[:6], *swapped, tok.end_id])
+    message = r"row 0, positions 6\.\.9: inverted box, coordinates \[3, 4, 1, 2\]"
+    with pytest.raises(TokenizerError, match=message):
+        tok.decode_boxes(inverted)
     with pytest.raises(TokenizerError, match="outside"):
         tok.decode_boxes(np.array([[2, tok.vocab_size]]))
     assert tok.decode_boxes(np.array([[2, 3, 0], [0, 0, 0]])) == [[], []]
@@ -329,3 +336,24 @@ def test_load_rejects_foreign_missing_and_corrupt_files(tok, tmp_path) -> None:
     (other_classes / CONFIG_FILE).write_text(json.dumps({**config, "class_names": ["floor", "torus"]}))
     with pytest.raises(TokenizerError, match=rf"{HF_FILE}: reserved token"):
         TextTokenizer.load(other_classes)
+
+
+def test_generated_boxes_keep_the_objects_before_an_inverted_one(tok) -> None:
+    """A barely trained model can write a box with xmin > xmax. Decoding its output keeps the whole
+    boxes before that one: the box metric refuses inverted boxes, so letting one through failed
+    the evaluate stage of a two-run pipeline test (2026-12-04)."""
+    from fourm.inference import AnyToAny
+    from fourm.model.config import model_config
+    from fourm.model.model import FourM
+
+    good = tok.encode_boxes([[{"class": "sphere", "bbox": [1, 2, 3, 4]}]], 16)[0][0]
+    swapped = [*good[3:5], *good[1:3], good[5]]
+    row = np.array([*good[:6], *swapped, *good[1:6], tok.end_id])
+    scores = np.full(row.shape, 0.5)
+    engine = AnyToAny(
+        FourM(model_config("debug", inputs=("rgb",), targets=("boxes",))),
+        {"boxes": BoxTokenizer(tok)},
+        Path("unused.pt"),
+    )
+    (boxes,) = engine.decode_boxes(row[None], scores[None])
+    assert boxes == [{"class": "sphere", "bbox": [1, 2, 3, 4], "score": 0.5}]
