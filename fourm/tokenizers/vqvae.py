@@ -84,7 +84,8 @@ class Encoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)  # (B, D, H/f, W/f)
+        # the codecs hand in permuted NHWC arrays; channels-last sends GroupNorm down a slow kernel
+        return self.net(x.contiguous())  # (B, D, H/f, W/f)
 
 
 class Decoder(nn.Module):
@@ -249,7 +250,7 @@ class VQVAE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, C, H, W) -> (reconstruction (B, C_out, H, W), codes (B, h, w), commitment loss)."""
-        z = self.encoder(x.contiguous())
+        z = self.encoder(x)
         with torch.autocast(x.device.type, enabled=False):
             zq, codes, commitment = self.quantizer(z)
         return self.decoder(zq), codes, commitment
@@ -257,7 +258,7 @@ class VQVAE(nn.Module):
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C, H, W) -> token ids (B, h*w), row-major."""
-        z = self.encoder(x.contiguous())
+        z = self.encoder(x)
         with torch.autocast(x.device.type, enabled=False):
             _, codes, _ = self.quantizer(z.float())
         return codes.flatten(1)
