@@ -48,7 +48,7 @@ from torch import nn
 from fourm.data.samples import DatasetInputs, iter_samples
 from fourm.model.config import ModelConfig
 from fourm.model.model import FourM
-from fourm.precision import use_bf16
+from fourm.precision import training_attention, use_bf16
 from fourm.progress import StepProgress
 from fourm.train.optim import lr_factor, make_optimizer
 from fourm.train.outputs import load_model
@@ -255,6 +255,8 @@ def fine_tune(
     losses: list[float] = []
     with contextlib.ExitStack() as stack:
         stack.enter_context(deterministic())
+        # the pretraining step's attention: PyTorch's bf16 CPU kernels are slow at these lengths
+        stack.enter_context(training_attention(cfg.device, use_bf16(True, cfg.device)))
         if bar is not None:
             stack.callback(bar.close)
         for step in range(cfg.steps):

@@ -24,7 +24,7 @@ from fourm.modalities import get_modality
 from fourm.model.batch import MaskedBatch
 from fourm.model.config import ModelConfig
 from fourm.model.embeddings import DecoderEmbedding, EncoderEmbedding, PatchEmbedding
-from fourm.model.layers import DecoderBlock, EncoderBlock
+from fourm.model.layers import DecoderBlock, EncoderBlock, attention_bias
 
 
 @dataclass
@@ -114,7 +114,7 @@ class FourM(nn.Module):
     def encode(self, batch: MaskedBatch) -> torch.Tensor:
         """Input tokens -> encoder states (B, E, D)."""
         x = self.encoder_embed(batch.enc_tokens, batch.enc_mod, batch.enc_pos)  # (B, E, D)
-        mask = self.key_padding_mask(batch.enc_pad)
+        mask = attention_bias(self.key_padding_mask(batch.enc_pad))
         for block in self.encoder:
             x = block(x, mask)
         return self.encoder_norm(x)
@@ -136,8 +136,8 @@ class FourM(nn.Module):
         """Target slots attending to the encoder states -> decoder states (B, T, D)."""
         context = self.context_proj(encoded)  # (B, E, D)
         x = self.decoder_embed(batch.dec_tokens, batch.dec_mod, batch.dec_pos)  # (B, T, D)
-        self_mask = self.decoder_self_mask(batch.dec_mod, batch.dec_pos, batch.dec_pad)
-        cross_mask = self.key_padding_mask(batch.enc_pad)
+        self_mask = attention_bias(self.decoder_self_mask(batch.dec_mod, batch.dec_pos, batch.dec_pad))
+        cross_mask = attention_bias(self.key_padding_mask(batch.enc_pad))
         for block in self.decoder:
             x = block(x, context, self_mask, cross_mask)
         return self.decoder_norm(x)

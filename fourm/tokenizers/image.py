@@ -112,6 +112,16 @@ class DepthCodec(ImageCodec):
         return logd.exp().numpy().astype(np.float32)
 
 
+def channel_cosine(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Cosine similarity over dim 1 of (B, C, H, W) maps, as ``F.cosine_similarity(a, b, dim=1)``.
+
+    Written as sums of products: on the CPU, PyTorch's norm over a strided channel dim
+    (what ``cosine_similarity`` runs) is ~80x slower than these reductions, and took a
+    fifth of a normal tokenizer's training step."""
+    dot = (a * b).sum(1)
+    return dot / (a.square().sum(1) * b.square().sum(1)).sqrt().clamp_min(eps)
+
+
 class NormalCodec(ImageCodec):
     def to_input(self, values: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(values)).permute(0, 3, 1, 2).float()
@@ -122,11 +132,13 @@ class NormalCodec(ImageCodec):
 
     def loss(self, out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         l1 = F.l1_loss(out, target)
-        angular = (1 - F.cosine_similarity(out.float(), target.float(), dim=1)).mean()
+        angular = (1 - channel_cosine(out.float(), target.float())).mean()
         return l1 + angular, {"l1": float(l1.detach()), "angular": float(angular.detach())}
 
     def from_output(self, out: torch.Tensor) -> np.ndarray:
-        return F.normalize(out.float(), dim=1).permute(0, 2, 3, 1).numpy().astype(np.float32)
+        out = out.float()  # F.normalize(out, dim=1), without its slow strided norm (channel_cosine)
+        unit = out / out.square().sum(1, keepdim=True).sqrt().clamp_min(1e-12)
+        return unit.permute(0, 2, 3, 1).numpy().astype(np.float32)
 
 
 class SemsegCodec(ImageCodec):

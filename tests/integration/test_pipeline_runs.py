@@ -181,12 +181,12 @@ def test_two_concurrent_runs_complete_with_their_own_refs(prefect_server: None, 
 
     # independent stages ran side by side on a share of the cores; the DAG's order held
     spans = _task_run_spans(states["lr-a"].state_details.flow_run_id)
-    (rgb_start, rgb_end), (depth_start, depth_end) = (
+    (rgb_start, rgb_end), (semseg_start, semseg_end) = (
         spans["train-tokenizer@rgb"],
-        spans["train-tokenizer@depth"],
+        spans["train-tokenizer@semseg"],
     )
-    assert rgb_start < depth_end and depth_start < rgb_end
-    assert spans["validate-labels"][1] <= min(rgb_start, depth_start)
+    assert rgb_start < semseg_end and semseg_start < rgb_end
+    assert spans["validate-labels"][1] <= min(rgb_start, semseg_start)
     assert spans["pretrain"][0] >= max(spans[f"train-tokenizer@{m}"][1] for m in ("rgb", "depth", "normal"))
     assert any("repro --single-item train-tokenizer@rgb  (" in m and " threads)" in m for m in logs)
 

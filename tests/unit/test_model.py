@@ -219,8 +219,9 @@ def test_tied_sequence_embeddings_and_config_round_trip():
 
 
 def test_training_attention_gives_the_same_loss_and_gradients():
-    """bf16 CPU steps run attention as fp32 matmuls (fourm.precision.training_attention); it must
-    compute what PyTorch's kernel does, masks and padding included (fp32 here: a tight match)."""
+    """bf16 CPU steps run attention as plain matmuls (fourm.precision.training_attention); it must
+    compute what PyTorch's kernel does, masks (as additive biases) and padding included (fp32
+    here: a tight match)."""
     torch.manual_seed(0)
     m = FourM(model_config("debug", INPUTS, TARGETS))
     batch = make_batch(m.config)
@@ -233,9 +234,9 @@ def test_training_attention_gives_the_same_loss_and_gradients():
         return float(loss.detach()), [p.grad.clone() for p in m.parameters() if p.grad is not None]
 
     calls = []
-    real = layers.attention_fp32
+    real = layers.attention_matmuls
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(layers, "attention_fp32", lambda *a: calls.append(1) or real(*a))
+        mp.setattr(layers, "attention_matmuls", lambda *a: calls.append(1) or real(*a))
         default_loss, default_grads = loss_and_grads(contextlib.nullcontext())
         assert not calls
         explicit_loss, explicit_grads = loss_and_grads(training_attention("cpu", bf16=True))
@@ -250,14 +251,32 @@ def test_training_attention_gives_the_same_loss_and_gradients():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_fp32_attention_matches_the_kernel_in_bf16_and_keeps_the_dtype():
+def test_explicit_attention_matches_the_kernel_in_bf16_and_keeps_the_dtype():
     """Under bf16 autocast the explicit attention returns bf16 and stays within bf16 rounding."""
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 4, 16, 8, generator=g).to(torch.bfloat16) for _ in range(3))
     mask = torch.rand(2, 1, 16, 16, generator=g) < 0.5
     mask |= torch.eye(16, dtype=torch.bool)  # every row keeps a key
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = layers.attention_fp32(q, k, v, mask)
+        got = layers.attention_matmuls(q, k, v, mask)
     want = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)
+
+
+def test_attention_bias_is_the_boolean_mask_made_once():
+    """Inside explicit attention a boolean mask becomes an fp32 0/-inf bias with the same result;
+    outside it, and for no mask, the mask is passed on untouched (PyTorch's kernels take booleans)."""
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 4, 8, 8, generator=g) for _ in range(3))
+    mask = torch.rand(2, 1, 8, 8, generator=g) < 0.5
+    mask |= torch.eye(8, dtype=torch.bool)
+    assert layers.attention_bias(mask) is mask
+    with layers.explicit_attention():
+        bias = layers.attention_bias(mask)
+        assert layers.attention_bias(None) is None
+    assert bias.dtype == torch.float32
+    assert torch.equal(bias == 0, mask) and torch.isneginf(bias[~mask]).all()
+    torch.testing.assert_close(
+        layers.attention_matmuls(q, k, v, bias), layers.attention_matmuls(q, k, v, mask), rtol=0, atol=0
+    )

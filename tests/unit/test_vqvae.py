@@ -183,3 +183,23 @@ def test_resume_is_exact_with_dead_code_restarts(tmp_path: Path) -> None:
         a.tokenizer.model.state_dict().items(), resumed.tokenizer.model.state_dict().values(), strict=True
     ):
         assert torch.equal(va, vr), k
+
+
+def test_normal_loss_and_output_match_torch_cosine_and_normalize() -> None:
+    """The normal codec's hand-written cosine and normalisation (PyTorch's strided-dim norm is
+    slow on the CPU) compute what ``F.cosine_similarity`` and ``F.normalize`` do, gradients included."""
+    from fourm.tokenizers.image import channel_cosine
+
+    g = torch.Generator().manual_seed(0)
+    out = torch.randn(4, 3, 8, 8, generator=g, requires_grad=True)
+    target = torch.nn.functional.normalize(torch.randn(4, 3, 8, 8, generator=g), dim=1)
+    ours = channel_cosine(out, target)
+    theirs = torch.nn.functional.cosine_similarity(out, target, dim=1)
+    torch.testing.assert_close(ours, theirs)
+    (grad_ours,) = torch.autograd.grad(ours.sum(), out)
+    (grad_theirs,) = torch.autograd.grad(theirs.sum(), out)
+    torch.testing.assert_close(grad_ours, grad_theirs)
+    unit = codec_for("normal").from_output(out.detach())
+    want = torch.nn.functional.normalize(out.detach(), dim=1).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(unit, want, rtol=1e-6, atol=1e-6)
+    assert channel_cosine(torch.zeros(1, 3, 2, 2), target[:1, :, :2, :2]).eq(0).all()  # no NaN for a zero map
