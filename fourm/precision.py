@@ -40,9 +40,10 @@ def training_attention(device: str, bf16: bool) -> contextlib.AbstractContextMan
 
     For the short sequences 4M trains on here, PyTorch's CPU kernels are slow in bf16: the
     flash kernel's backward was 40% of a tiny-model step, and its math kernel spends half
-    its time on per-call mask checks. ``attention_matmuls`` (bf16 matmuls, an fp32 softmax,
-    masks turned into additive biases once per forward pass) is about 4x faster than the math
-    kernel (docs/benchmarks.md). GPUs, and fp32 where the kernels tie, keep PyTorch's choice.
+    its time on per-call mask checks. ``attention_matmuls`` (bf16 matmuls, a softmax that
+    accumulates in fp32, masks turned into additive biases once per forward pass) is about 3x
+    faster than the math kernel (docs/benchmarks.md). GPUs, and fp32 where the kernels tie,
+    keep PyTorch's choice.
     """
     if bf16 and torch.device(device).type == "cpu":
         return explicit_attention()
