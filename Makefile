@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.fourm/prefect
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 
-.PHONY: setup browser demo test test-fast lint bench services-up services-down clean
+.PHONY: setup browser demo test test-fast lint bench gpu-check services-up services-down clean
 
 setup: $(VENV)/.installed
 
@@ -53,6 +53,11 @@ lint: setup
 
 bench: setup
 	fourm bench data
+
+# On a machine with a CUDA GPU: tests/cuda and the GPU benchmarks, under that machine's python3
+# and torch (docs/gpu.md); outputs in .fourm/gpu-check.
+gpu-check:
+	infra/gpu/check.sh
 
 # Removes the pipeline's outputs and the local S3 data; keeps the registry (.fourm/registry.db).
 clean: services-down

@@ -105,27 +105,34 @@ def bench_train_step_cmd(
     profile: Annotated[
         Path | None, typer.Option("--profile", help="Write a torch.profiler table of 3 fp32 steps here.")
     ] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda (bf16 autocast runs natively there).")] = "cpu",
 ) -> None:
     """Seconds per training step (forward + backward + AdamW) of a named config, per precision."""
     from fourm.train.bench import bench_train_step, profile_train_step
 
-    result = bench_train_step(
-        config,
-        batch_size=batch_size,
-        warmup=warmup,
-        steps=steps,
-        threads=threads,
-        modes=tuple(mode) if mode else ("fp32", "bf16"),
-        force_bf16=force_bf16,
-        compile=compile,
-    )
+    try:
+        result = bench_train_step(
+            config,
+            batch_size=batch_size,
+            warmup=warmup,
+            steps=steps,
+            threads=threads,
+            modes=tuple(mode) if mode else ("fp32", "bf16"),
+            force_bf16=force_bf16,
+            compile=compile,
+            device=device,
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
     p = result["params"]
+    where = result["device_name"] if device != "cpu" else f"{result['threads']} threads, {result['cpu']}"
     out.print(
         f"{config}: {p['total'] / 1e6:.2f}M parameters ({p['non_embedding'] / 1e6:.2f}M non-embedding), "
-        f"{result['train_step_gflop']:.1f} GFLOP/step, {result['threads']} threads, {result['cpu']}"
+        f"{result['train_step_gflop']:.1f} GFLOP/step, {where}"
     )
+    unit, scale = ("TFLOP/s", 1e3) if device != "cpu" else ("GFLOP/s", 1.0)  # GPUs run ~1000x a CPU
     table = Table(
-        "mode", "median s", "min s", "max s", "tokens/s", "GFLOP/s", "peak GFLOP/s", "of peak",
+        "mode", "median s", "min s", "max s", "tokens/s", unit, f"peak {unit}", "of peak", "GPU GiB",
         title=f"train step, batch {batch_size}, median of {steps} steps",
     )  # fmt: skip
     skipped = []
@@ -142,9 +149,10 @@ def bench_train_step_cmd(
                 f"{x['min_s']:.3f}",
                 f"{x['max_s']:.3f}",
                 f"{x['tokens_per_s']:,.0f}",
-                f"{x['model_gflops']:.1f}",
-                f"{peak['tflops'] * 1e3:.1f}" if "tflops" in peak else "-",
+                f"{x['model_gflops'] / scale:.1f}",
+                f"{peak['tflops'] * 1e3 / scale:.1f}" if "tflops" in peak else "-",
                 f"{x['fraction_of_peak']:.1%}" if "fraction_of_peak" in x else "-",
+                f"{r['max_memory_gib']:.1f}" if "max_memory_gib" in r else "-",
             )
     out.print(table)
     for line in skipped:

@@ -2,8 +2,9 @@
 
 One process: build the model, a fixed random ``MaskedBatch`` laid out as DESIGN.md's
 ``bench-cpu-s`` says, then per precision mode warm-up steps and timed steps of forward +
-backward + AdamW step. The machine's matmul peak is measured in the same run, so model
-FLOP/s can be read as a fraction of what this CPU can do, next to the reference figures.
+backward + AdamW step. The device's matmul peak is measured in the same run, so model
+FLOP/s can be read as a fraction of what this CPU (or GPU, ``device="cuda"``) can do, next
+to the reference figures.
 
 bf16 autocast is emulated (and ~100x slower) on CPUs without AMX / AVX512-BF16; there the
 bf16 mode is skipped unless forced (see ``fourm.precision``).
@@ -126,15 +127,39 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> dict[str, Any]:
-    """TFLOP/s of an n x n @ n x n matmul at the current thread count: median over ``repeats``."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    torch.randn(64, 64).to(dtype) @ torch.randn(64, 64).to(dtype)  # load the kernels, cheaply
+def device_name(device: torch.device) -> str:
+    """The GPU's name for CUDA devices, else the CPU model."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels, so host clocks time the work and not its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(
+    dtype: torch.dtype, n: int = 2048, repeats: int = 5, device: torch.device | str = "cpu"
+) -> dict[str, Any]:
+    """TFLOP/s of an n x n @ n x n matmul on random data: median over ``repeats``.
+
+    On the CPU at the current thread count; on a GPU after three warm-up products (clocks up,
+    cuBLAS handle made), synchronising around each timed one.
+    """
+    device = torch.device(device)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    if device.type == "cuda":
+        for _ in range(3):
+            a @ b
+    else:
+        torch.randn(64, 64).to(dtype) @ torch.randn(64, 64).to(dtype)  # load the kernels, cheaply
     times = []
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         a @ b
+        synchronize(device)
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
     return {
@@ -149,23 +174,27 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> dict[str
 # -- the step ------------------------------------------------------------------------------
 
 
-def _autocast(mode: str) -> contextlib.AbstractContextManager:
+def _autocast(mode: str, device_type: str) -> contextlib.AbstractContextManager:
     if mode == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(device_type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 def make_step(model: torch.nn.Module, batch: MaskedBatch, mode: str) -> Callable[[], float]:
-    """Forward + backward + AdamW (lr 1e-4, wd 0.05) step; returns the loss."""
+    """Forward + backward + AdamW (lr 1e-4, wd 0.05) step on the model's device; returns the
+    loss once every kernel of the step has finished."""
+    device = next(model.parameters()).device
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
 
     def step() -> float:
-        with _autocast(mode), training_attention("cpu", mode == "bf16"):
+        with _autocast(mode, device.type), training_attention(device.type, mode == "bf16"):
             out = model(batch)
         out.loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(out.loss.detach())
+        loss = float(out.loss.detach())
+        synchronize(device)
+        return loss
 
     return step
 
@@ -208,9 +237,9 @@ def _threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _fresh_model(config: ModelConfig, seed: int) -> FourM:
+def _fresh_model(config: ModelConfig, seed: int, device: torch.device | str = "cpu") -> FourM:
     torch.manual_seed(seed)
-    return FourM(config).train()
+    return FourM(config).to(device).train()
 
 
 def bench_train_step(
@@ -223,16 +252,22 @@ def bench_train_step(
     force_bf16: bool = False,
     compile: bool = False,
     seed: int = 0,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Median seconds per training step per precision mode, with FLOP/s and the machine's peak."""
+    """Median seconds per training step per precision mode, with FLOP/s and the device's peak."""
     for mode in modes:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
     if steps < 1 or warmup < 0 or batch_size < 1 or threads < 1:
         raise ValueError("steps, batch size and threads must be >= 1 and warmup >= 0")
+    if device.split(":")[0] not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}; known: cpu, cuda")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but PyTorch sees no CUDA GPU here")
     with _threads(threads):
         return _bench_train_step(
-            config_name, batch_size, warmup, steps, threads, modes, force_bf16, compile, seed
+            config_name, batch_size, warmup, steps, threads, modes, force_bf16, compile, seed, dev
         )
 
 
@@ -246,24 +281,30 @@ def _bench_train_step(
     force_bf16: bool,
     compile: bool,
     seed: int,
+    device: torch.device,
 ) -> dict[str, Any]:
     config = model_config(config_name)
-    native_bf16 = cpu_has_native_bf16()
+    on_gpu = device.type == "cuda"
+    native_bf16 = on_gpu or cpu_has_native_bf16()
     run_bf16 = "bf16" in modes and (native_bf16 or force_bf16)
 
     model = _fresh_model(config, seed)
     total, non_embedding = model.num_parameters(), model.num_parameters(False)
     del model
-    batch = bench_batch(config, batch_size, seed=seed)
+    batch = bench_batch(config, batch_size, seed=seed).to(device)
     E = sum(BENCH_INPUTS.values())
     flops = train_step_flops(config, E, BENCH_TARGETS, batch_size)
     tokens_per_step = batch_size * (E + sum(BENCH_TARGETS.values()))
 
-    peak: dict[str, Any] = {"fp32": matmul_peak(torch.float32)}
+    # a GPU needs a bigger product than a CPU to reach its peak (8192³: ~1.4 ms on an H200)
+    peak_n, peak_repeats = (8192, 10) if on_gpu else (2048, 5)
+    peak: dict[str, Any] = {}
+    if "fp32" in modes or not on_gpu:
+        peak["fp32"] = matmul_peak(torch.float32, peak_n, peak_repeats, device)
     if run_bf16:
         # emulated bf16 takes ~1 min for one 2048² matmul: measure a 512² one once instead
         if native_bf16:
-            peak["bf16"] = matmul_peak(torch.bfloat16)
+            peak["bf16"] = matmul_peak(torch.bfloat16, peak_n, peak_repeats, device)
         else:
             note = "emulated bf16, one 512² matmul: fraction of peak not meaningful"
             peak["bf16"] = {**matmul_peak(torch.bfloat16, 512, 1), "note": note}
@@ -286,16 +327,18 @@ def _bench_train_step(
         if mode == "bf16" and not run_bf16:
             results[mode] = {"skipped": NO_NATIVE_BF16, "hint": "--force-bf16 runs it emulated, ~100x slower"}
             continue
-        named_steps = {"eager": make_step(_fresh_model(config, seed), batch, mode)}
+        named_steps = {"eager": make_step(_fresh_model(config, seed, device), batch, mode)}
         if compile:  # timed interleaved with eager; the first warm-up step compiles
-            named_steps["compiled"] = make_step(torch.compile(_fresh_model(config, seed)), batch, mode)
+            named_steps["compiled"] = make_step(
+                torch.compile(_fresh_model(config, seed, device)), batch, mode
+            )
         timings = _time_steps(named_steps, max(warmup, 1) if compile else warmup, steps)
         eager = figures(timings["eager"], mode)
         if compile:
             compiled = figures(timings["compiled"], mode)
             compiled["speedup_vs_eager"] = eager["median_s"] / compiled["median_s"]
             eager["compiled"] = compiled
-        if config_name == "bench-cpu-s" and batch_size == 32:
+        if config_name == "bench-cpu-s" and batch_size == 32 and not on_gpu:
             ref = REFERENCE[mode]
             ref_peak = ref["matmul_peak_tflops"] * 1e12
             ref_fraction = flops / ref["step_s"] / ref_peak
@@ -314,6 +357,11 @@ def _bench_train_step(
                 else None,
             }
         results[mode] = eager
+        named_steps.clear()  # free this mode's models and optimizer states before the next
+        if on_gpu:
+            eager["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
 
     return {
         "bench": "train-step",
@@ -324,6 +372,8 @@ def _bench_train_step(
         "threads": threads,
         "torch": torch.__version__,
         "cpu": cpu_model(),
+        "device": str(device),
+        "device_name": device_name(device),
         "native_bf16": native_bf16,
         "compile": compile,
         "tokens_per_step": tokens_per_step,

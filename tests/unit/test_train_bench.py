@@ -79,3 +79,13 @@ def test_masked_loader_bench_reports_masked_samples(tmp_path):
         "caption",
     ]
     assert result["samples_per_s"]["median"] > 0
+
+
+def test_unknown_or_missing_device_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="unknown device 'tpu'; known: cpu, cuda"):
+        bench_train_step(batch_size=2, warmup=0, steps=1, device="tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="'cuda' asked for, but PyTorch sees no CUDA GPU here"):
+        bench_train_step(batch_size=2, warmup=0, steps=1, device="cuda")
+    result = CliRunner().invoke(app, ["bench", "train-step", "--device", "cuda", "--steps", "1"])
+    assert result.exit_code == 2 and "sees no CUDA GPU" in result.output
