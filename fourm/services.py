@@ -133,7 +133,10 @@ def _identities(settings: Settings) -> dict:
 
 def _command(settings: Settings, paths: dict[str, Path]) -> list[str]:
     master, volume, filer = settings.s3_internal_ports
+    # `nice` execs weed in place, so the pid and start time recorded are weed's own
+    nice = ["nice", "-n", str(settings.s3_niceness)] if settings.s3_niceness and shutil.which("nice") else []
     return [
+        *nice,
         weed_binary(),
         "-logtostderr",
         "server",

@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     buckets: Buckets = Buckets()
     # Ports of the SeaweedFS processes behind the local S3 endpoint (master, volume, filer).
     s3_internal_ports: tuple[int, int, int] = (9333, 8380, 8888)
+    s3_niceness: int = Field(
+        19,
+        ge=0,
+        le=19,
+        description="CPU priority (nice) of the local S3 server: SeaweedFS can spin at ~10% of a core "
+        "while idle, which slowed training steps on 2 cores by ~12% at 0 and ~3% at 19 (docs/benchmarks.md).",
+    )
     registry_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite under home.")
     prefect_api_url: str | None = Field(
         None,

@@ -52,6 +52,7 @@ def test_up_twice_reuses_the_server(tmp_path: Path) -> None:
         assert first.started is True and first.healthy is True
         assert first.endpoint == settings.s3_endpoint
         assert psutil.Process(first.pid).name().startswith("weed")
+        assert psutil.Process(first.pid).nice() == settings.s3_niceness == 19  # below training's priority
 
         second = services.up(settings)
         assert second.started is False

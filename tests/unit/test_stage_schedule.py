@@ -12,7 +12,7 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.unit
 
-TOKENIZERS = [f"train-tokenizer@{m}" for m in ("rgb", "semseg", "depth", "normal")] + ["train-text-tokenizer"]
+TOKENIZERS = [f"train-tokenizer@{m}" for m in ("rgb", "semseg", "normal", "depth")] + ["train-text-tokenizer"]
 
 
 def test_the_project_upstreams_follow_the_paths_stages_read_and_write() -> None:
