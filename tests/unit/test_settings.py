@@ -67,3 +67,22 @@ def test_parallel_stages_default_two_and_refuse_zero(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("FOURM_PIPELINE_PARALLEL_STAGES", "0")
     with pytest.raises(ValidationError, match="pipeline_parallel_stages"):
         Settings()
+
+
+def test_the_s3_server_starts_at_the_niceness_asked_for(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from fourm import services
+
+    monkeypatch.setenv("FOURM_S3_NICENESS", "0")
+    plain = Settings(home=tmp_path)
+    assert services._command(plain, services._paths(plain))[0] == services.weed_binary()
+    niced = Settings(home=tmp_path, s3_niceness=19)
+    assert services._command(niced, services._paths(niced))[:4] == [
+        "nice",
+        "-n",
+        "19",
+        services.weed_binary(),
+    ]
+    with pytest.raises(ValueError, match="s3_niceness"):
+        Settings(home=tmp_path, s3_niceness=20)

@@ -58,7 +58,7 @@ def test_the_tokenizers_run_two_at_a_time_on_half_the_cores_each() -> None:
     waves = _drive(StageScheduler(ups, slots=2, cores=2))
     assert waves[0] == [("source", None)]  # alone: every core
     pairs = [w for w in waves if len(w) == 2]
-    # params.yaml lists the two longest VQ-VAEs first: they start together, each shorter one follows one
+    # params.yaml lists the two 800-step VQ-VAEs first: they start together, each 500-step one follows one
     assert pairs[0] == [("train-tokenizer@rgb", 1), ("train-tokenizer@semseg", 1)]
     # the VQ-VAEs started while another was ready or ran, on one thread each; the text tokenizer,
     # the last one ready, gets every core beside the last VQ-VAE's tail
