@@ -20,15 +20,17 @@ from fourm.model.generate import generate
 from fourm.model.generation_types import GenerationStep, Given
 from fourm.model.model import FourM
 from fourm.precision import use_bf16
-from fourm.train.bench import cpu_model
+from fourm.train.bench import cpu_model, synchronize
 
 
-def _median_seconds(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
+def _median_seconds(fn: Callable[[], Any], repeats: int, device: torch.device) -> dict[str, float]:
     fn()  # warm-up: allocator, kernels
     times = []
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         fn()
+        synchronize(device)  # a GPU call returns before its last kernels finish
         times.append(time.perf_counter() - start)
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
 
@@ -46,7 +48,8 @@ def bench_generate(
     """Milliseconds per call and per sample for MaskGIT rgb->depth; caption tokens/s with/without cache."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = FourM(model_config(config)).to(device).eval()
+    dev = torch.device(device)
+    model = FourM(model_config(config)).to(dev).eval()
     low = use_bf16(bf16, device)
     result: dict[str, Any] = {
         "config": config, "cpu": cpu_model(), "threads": threads, "device": device,
@@ -56,7 +59,7 @@ def bench_generate(
         rgb = Given.full(torch.randint(0, 1024, (batch, 64), device=device))
         gen = torch.Generator(device).manual_seed(0)
         maskgit = GenerationStep("depth", "maskgit", steps=steps, temperature=1.0)
-        t = _median_seconds(lambda: generate(model, {"rgb": rgb}, maskgit, gen, low), repeats)  # noqa: B023
+        t = _median_seconds(lambda: generate(model, {"rgb": rgb}, maskgit, gen, low), repeats, dev)  # noqa: B023
         result["maskgit"][f"batch_{batch}"] = {
             **t, "ms_per_call": 1e3 * t["median_s"], "ms_per_sample": 1e3 * t["median_s"] / batch,
         }  # fmt: skip
@@ -66,7 +69,7 @@ def bench_generate(
                 "caption", temperature=1.0, use_cache=cached,
                 min_new_tokens=caption_tokens, max_new_tokens=caption_tokens,
             )  # fmt: skip
-            t = _median_seconds(lambda: _caption(model, rgb, step, low), repeats)  # noqa: B023
+            t = _median_seconds(lambda: _caption(model, rgb, step, low), repeats, dev)  # noqa: B023
             key = f"batch_{batch}_{'cache' if cached else 'no_cache'}"
             result["caption"][key] = {
                 **t,

@@ -1,4 +1,4 @@
-"""``fourm bench train-step``: the batch DESIGN.md describes, the report, the CLI's last line."""
+"""``fourm bench train-step`` and ``generate``: the batch DESIGN.md describes, the reports."""
 
 from __future__ import annotations
 
@@ -89,3 +89,20 @@ def test_unknown_or_missing_device_is_refused_by_name(monkeypatch: pytest.Monkey
         bench_train_step(batch_size=2, warmup=0, steps=1, device="cuda")
     result = CliRunner().invoke(app, ["bench", "train-step", "--device", "cuda", "--steps", "1"])
     assert result.exit_code == 2 and "sees no CUDA GPU" in result.output
+
+
+def test_generate_bench_reports_each_setting(tmp_path) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["bench", "generate", "--config", "debug", "--batch-size", "2", "--steps", "2",
+         "--caption-tokens", "3", "--repeats", "1", "--threads", "1"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert set(report["maskgit"]) == {"batch_2"}
+    assert set(report["caption"]) == {"batch_2_cache", "batch_2_no_cache"}
+    cached = report["caption"]["batch_2_cache"]
+    assert cached["tokens_per_s"] == pytest.approx(2 * 3 / cached["median_s"])
+    assert report["maskgit"]["batch_2"]["ms_per_sample"] == pytest.approx(
+        report["maskgit"]["batch_2"]["ms_per_call"] / 2
+    )
