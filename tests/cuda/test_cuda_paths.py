@@ -117,7 +117,7 @@ def test_the_worker_trains_on_the_gpu_under_torchrun(tokens: Path, tmp_path: Pat
     assert next(model.parameters()).device.type == "cuda"
 
 
-def test_generation_on_cuda(tokens: Path):
+def test_generation_on_cuda():
     """MaskGIT fills every image position with a valid token in bf16; cached and uncached greedy
     captions agree on the GPU in fp32; the same seed gives the same samples twice."""
     torch.manual_seed(0)

@@ -91,7 +91,7 @@ def test_unknown_or_missing_device_is_refused_by_name(monkeypatch: pytest.Monkey
     assert result.exit_code == 2 and "sees no CUDA GPU" in result.output
 
 
-def test_generate_bench_reports_each_setting(tmp_path) -> None:
+def test_generate_bench_reports_each_setting() -> None:
     result = CliRunner().invoke(
         app,
         ["bench", "generate", "--config", "debug", "--batch-size", "2", "--steps", "2",
